@@ -1,0 +1,199 @@
+"""The one typed configuration, passed down from the CLI or a Prefect flow to every layer.
+
+Every model forbids unknown fields (a typo is an error, not a silently ignored setting) and is
+frozen, so a config cannot change under a running study.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.arch_grid import BUDGETS, CURRENT_GRID_VERSION, GRID_VERSIONS
+
+HORIZONS: tuple[int, ...] = (1, 3, 5)
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Config):
+    """Which data, which label, which windows and splits."""
+
+    source: str = Field("bundled", description="'bundled' (S&P 500 + NASDAQ, 1999-2018) or a CSV/Parquet path")
+    window: int = Field(60, ge=2, le=1024, description="days of features per input window")
+    threshold: float = Field(0.01, gt=0, lt=1, description="label: max High over next h days >= Close*(1+threshold)")
+    train_fraction: float = Field(0.70, gt=0, lt=1)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_test_split(self) -> DataConfig:
+        if self.train_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"train_fraction + val_fraction = {self.train_fraction + self.val_fraction:g} leaves no test split; "
+                "keep their sum below 1"
+            )
+        return self
+
+
+class TrainConfig(_Config):
+    """How one trial trains."""
+
+    batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(2048, ge=1)
+    max_epochs: int = Field(50, ge=1)
+    patience: int = Field(5, ge=1, description="epochs without a better val AUC before stopping")
+    warmup_steps: int = Field(200, ge=0, description="linear learning-rate warmup")
+    grad_clip: float | None = Field(1.0, gt=0)
+    max_batches_per_epoch: int | None = Field(None, ge=1, description="cap an epoch (smoke runs)")
+    seed: int = 0
+    device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda' or 'cuda:N'")
+    compile: bool = Field(False, description="torch.compile the model (CUDA; measured in bench/)")
+    activation_checkpointing: bool = False
+
+
+class SearchSpace(_Config):
+    """The hyperparameters searched besides the architecture (arch_idx over the budget's grid)."""
+
+    learning_rates: tuple[float, ...] = (1e-5, 5e-5, 1e-4, 5e-4)
+    dropouts: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
+    weight_decays: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3)
+
+    @field_validator("learning_rates", "dropouts", "weight_decays")
+    @classmethod
+    def _non_empty_sorted_unique(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if not values:
+            raise ValueError("a search dimension needs at least one value")
+        if len(set(values)) != len(values):
+            raise ValueError(f"duplicate values in {values}")
+        return tuple(sorted(values))
+
+    def central(self) -> dict[str, float]:
+        """The lower-median value of each dimension: what forced-extreme trials use."""
+        pick = lambda values: values[(len(values) - 1) // 2]  # noqa: E731
+        return {
+            "learning_rate": pick(self.learning_rates),
+            "dropout": pick(self.dropouts),
+            "weight_decay": pick(self.weight_decays),
+        }
+
+
+class StoreConfig(_Config):
+    """Where Optuna and MLflow keep their state. Embedded SQLite under `root` by default."""
+
+    root: Path = Path("mlruns")
+    optuna_storage: str | None = Field(None, description="Optuna RDB URL; default sqlite under root")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite under root")
+
+    @property
+    def optuna_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.root.resolve() / 'optuna.db'}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.root.resolve() / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.root.resolve() / "artifacts"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root.resolve() / "cache"
+
+
+class StudyConfig(_Config):
+    """How a study runs: its size, its limits and its crash safety."""
+
+    n_trials: int = Field(50, ge=1, description="completed trials the study ends with, across workers and restarts")
+    timeout_hours: float | None = Field(None, gt=0, description="stop this run cleanly after this long; None = no timeout")
+    grid_version: int = CURRENT_GRID_VERSION
+    sampler_seed: int = 0
+    max_failed_trials: int | None = Field(
+        None, ge=0, description="stop this run after this many failed trials; default n_trials"
+    )
+    max_retries: int = Field(2, ge=0, description="re-runs of a trial whose worker died (heartbeat lost)")
+    heartbeat_interval_s: int = Field(30, ge=1)
+    heartbeat_grace_s: int = Field(120, ge=2, description="a RUNNING trial silent this long is failed and retried")
+    stall_timeout_s: float | None = Field(
+        3600, gt=0, description="kill a trial that reports no progress for this long (a hung kernel)"
+    )
+
+    @field_validator("grid_version")
+    @classmethod
+    def _known_grid(cls, version: int) -> int:
+        if version not in GRID_VERSIONS:
+            raise ValueError(f"unknown grid_version {version}; known: {sorted(GRID_VERSIONS)}")
+        return version
+
+    @property
+    def failure_limit(self) -> int:
+        return self.n_trials if self.max_failed_trials is None else self.max_failed_trials
+
+
+_STUDY_NAME = re.compile(r"^(?P<budget>[^_\s]+)_h(?P<horizon>\d+)(?:_v(?P<version>\d+))?$")
+
+
+class StudySpec(_Config):
+    """Which study: a (budget, horizon) pair and a version (a fresh re-run is a new version)."""
+
+    budget: str
+    horizon: int
+    version: int | None = Field(None, ge=1, description="None: the latest existing version, or 1")
+    fresh: bool = Field(False, description="start a new version beside the latest (the old one is kept)")
+
+    @field_validator("budget")
+    @classmethod
+    def _known_budget(cls, budget: str) -> str:
+        if budget not in BUDGETS:
+            raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+        return budget
+
+    @field_validator("horizon", mode="before")
+    @classmethod
+    def _known_horizon(cls, horizon: int | str) -> int:
+        value = int(str(horizon).lower().removeprefix("h"))
+        if value not in HORIZONS:
+            raise ValueError(f"unknown horizon {horizon!r}; choose one of h1, h3, h5")
+        return value
+
+    @property
+    def base_name(self) -> str:
+        return f"{self.budget}_h{self.horizon}"
+
+    @classmethod
+    def parse(cls, name: str) -> StudySpec:
+        """'20M_h5' (latest version), '20M_h1_v2' (exactly version 2)."""
+        match = _STUDY_NAME.match(name.strip())
+        if not match:
+            raise ValueError(f"cannot read study name {name!r}; write BUDGET_hH or BUDGET_hH_vN, e.g. 20M_h5 or 20M_h1_v2")
+        version = match["version"]
+        return cls(budget=match["budget"], horizon=match["horizon"], version=int(version) if version else None)
+
+
+def study_name(budget: str, horizon: int, version: int) -> str:
+    """Version 1 keeps the plain name (`20M_h5`) so legacy and first runs share it."""
+    return f"{budget}_h{horizon}" if version == 1 else f"{budget}_h{horizon}_v{version}"
+
+
+class HpoConfig(_Config):
+    """Everything a campaign, a study and a trial need; the CLI and every flow take this."""
+
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    search: SearchSpace = SearchSpace()
+    study: StudyConfig = StudyConfig()
+    stores: StoreConfig = StoreConfig()
+
+    def smoke(self) -> HpoConfig:
+        """The smoke switch: one short epoch, so the whole path runs in minutes on a CPU."""
+        return self.model_copy(
+            update={"train": self.train.model_copy(update={"max_epochs": 1, "max_batches_per_epoch": 20})}
+        )
+
+
+Precision = Literal["bf16", "fp32"]

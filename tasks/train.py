@@ -1,0 +1,295 @@
+"""Train and evaluate one architecture on prepared data: the GPU edge of the system.
+
+The dataset lives on the training device as one feature matrix; a batch of windows is built by
+indexing (`features[anchors[:, None] + offsets]`), never by a per-sample DataLoader. On CUDA the
+step runs in bf16 autocast with fused AdamW and TF32 for what stays fp32; on CPU in fp32 and
+reproducible for a seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from models.arch_grid import Architecture
+from models.transformer import ModelConfig, TransformerClassifier
+from schemas.config import TrainConfig
+from tasks.data import PreparedData
+from tasks.features import NUM_FEATURES
+
+
+class TrialFailure(RuntimeError):
+    """A trial that cannot produce a result; `kind` is what MLflow and Optuna record."""
+
+    kind = "error"
+
+
+class TrialDiverged(TrialFailure):
+    kind = "diverged"
+
+
+class TrialOOM(TrialFailure):
+    kind = "oom"
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    learning_rate: float
+    dropout: float
+    weight_decay: float
+
+
+@dataclass
+class TrainResult:
+    val_auc: float
+    val_loss: float
+    best_epoch: int
+    epochs: int
+    pred_min: float
+    pred_max: float
+    pred_range: float
+    recall: float  # at threshold 0.5 on val, best epoch
+    train_seconds: float
+    samples_per_s: float
+    peak_memory_mb: float
+    batch_size: int
+    device: str
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+@dataclass
+class DeviceData:
+    """PreparedData moved to the training device once."""
+
+    features: torch.Tensor  # (rows, F)
+    anchors: dict[str, torch.Tensor]
+    labels: dict[str, torch.Tensor]
+    offsets: torch.Tensor  # (window,) = -window+1 .. 0
+
+    @classmethod
+    def from_prepared(cls, data: PreparedData, device: torch.device) -> DeviceData:
+        return cls(
+            features=torch.as_tensor(data.features, device=device),
+            anchors={k: torch.as_tensor(v, device=device) for k, v in data.anchors.items()},
+            labels={k: torch.as_tensor(v, device=device) for k, v in data.labels.items()},
+            offsets=torch.arange(-data.window + 1, 1, device=device),
+        )
+
+    def batch(self, anchors: torch.Tensor) -> torch.Tensor:
+        return self.features[anchors[:, None] + self.offsets]  # (B, window, F)
+
+
+def build_model(arch: Architecture, dropout: float, config: TrainConfig, window: int) -> TransformerClassifier:
+    return TransformerClassifier(
+        ModelConfig(
+            num_features=NUM_FEATURES,
+            d_model=arch.d_model,
+            n_layers=arch.n_layers,
+            n_heads=arch.n_heads,
+            d_ff=arch.d_ff,
+            dropout=dropout,
+            max_len=max(window, 64),
+            activation_checkpointing=config.activation_checkpointing,
+        )
+    )
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: DeviceData, split: str, batch_size: int) -> tuple[np.ndarray, float]:
+    """Probabilities for a split and the mean BCE loss."""
+    model.eval()
+    anchors, labels = data.anchors[split], data.labels[split]
+    device = anchors.device
+    probs, loss_sum = [], 0.0
+    for start in range(0, len(anchors), batch_size):
+        idx = anchors[start : start + batch_size]
+        with _autocast(device):
+            logits = model(data.batch(idx)).float()
+        loss_sum += F.binary_cross_entropy_with_logits(logits, labels[start : start + batch_size], reduction="sum").item()
+        probs.append(torch.sigmoid(logits).cpu())
+    return torch.cat(probs).numpy(), loss_sum / len(anchors)
+
+
+def auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(roc_auc_score(labels, probs))
+
+
+def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak at the last step."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+def train_model(
+    data: PreparedData | DeviceData,
+    arch: Architecture,
+    hparams: Hyperparams,
+    config: TrainConfig,
+    window: int,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[TrainResult, dict[str, torch.Tensor]]:
+    """Train with early stopping on val AUC; return the result and the best epoch's weights (CPU).
+
+    Raises TrialDiverged on a NaN/inf loss (with the epoch and step), TrialOOM on CUDA OOM.
+    """
+    device = resolve_device(config.device)
+    try:
+        return _train(data, arch, hparams, config, window, device, on_epoch)
+    except torch.OutOfMemoryError as exc:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise TrialOOM(
+            f"out of memory on {device_name(device)} with batch_size={config.batch_size}, "
+            f"d_model={arch.d_model}, n_layers={arch.n_layers}: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
+def _train(data, arch, hparams, config, window, device, on_epoch):
+    torch.manual_seed(config.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+    dev = data if isinstance(data, DeviceData) else DeviceData.from_prepared(data, device)
+    model = build_model(arch, hparams.dropout, config, window).to(device)
+    step_model = torch.compile(model) if config.compile and device.type == "cuda" else model
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=hparams.learning_rate,
+        weight_decay=hparams.weight_decay,
+        fused=device.type == "cuda",
+    )
+    train_anchors, train_labels = dev.anchors["train"], dev.labels["train"]
+    n_train = len(train_anchors)
+    batches_per_epoch = math.ceil(n_train / config.batch_size)
+    if config.max_batches_per_epoch:
+        batches_per_epoch = min(batches_per_epoch, config.max_batches_per_epoch)
+    total_steps = batches_per_epoch * config.max_epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, config.warmup_steps, total_steps)
+    )
+    shuffle = torch.Generator().manual_seed(config.seed)
+    val_labels = dev.labels["val"].cpu().numpy()
+
+    best = {"auc": -1.0, "epoch": 0, "state": None, "probs": None, "loss": float("nan")}
+    train_seconds, samples_seen, epoch, step = 0.0, 0, 0, 0
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        order = torch.randperm(n_train, generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        started = time.perf_counter()
+        for b in range(batches_per_epoch):
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            with _autocast(device):
+                logits = step_model(dev.batch(train_anchors[idx])).float()
+            loss = F.binary_cross_entropy_with_logits(logits, train_labels[idx])
+            # one host sync per step is the price of failing fast and clearly on divergence
+            if not torch.isfinite(loss):
+                raise TrialDiverged(f"diverged: loss is {loss.item()} at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(idx)
+            samples_seen += len(idx)
+            step += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - started
+        train_loss = loss_sum.item() / min(n_train, batches_per_epoch * config.batch_size)
+
+        probs, val_loss = predict(model, dev, "val", config.eval_batch_size)
+        if not np.isfinite(probs).all():
+            raise TrialDiverged(f"diverged: non-finite predictions at epoch {epoch}")
+        val_auc = auc(val_labels, probs)
+        if on_epoch:
+            on_epoch({"epoch": epoch, "train/loss": train_loss, "val/loss": val_loss, "val/auc": val_auc})
+        if val_auc > best["auc"]:
+            best.update(
+                auc=val_auc,
+                epoch=epoch,
+                probs=probs,
+                loss=val_loss,
+                state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            )
+        elif epoch - best["epoch"] >= config.patience:
+            break
+
+    probs = best["probs"]
+    positives = val_labels == 1
+    result = TrainResult(
+        val_auc=best["auc"],
+        val_loss=best["loss"],
+        best_epoch=best["epoch"],
+        epochs=epoch,
+        pred_min=float(probs.min()),
+        pred_max=float(probs.max()),
+        pred_range=float(probs.max() - probs.min()),
+        recall=float((probs[positives] >= 0.5).mean()) if positives.any() else 0.0,
+        train_seconds=train_seconds,
+        samples_per_s=samples_seen / train_seconds if train_seconds > 0 else 0.0,
+        peak_memory_mb=_peak_memory_mb(device),
+        batch_size=config.batch_size,
+        device=device_name(device),
+    )
+    return result, best["state"]
+
+
+def evaluate_state(
+    data: PreparedData,
+    arch: Architecture,
+    state: dict[str, torch.Tensor],
+    config: TrainConfig,
+    split: str = "test",
+) -> float:
+    """AUC of saved weights on a split (the test split: final evaluation of a chosen config)."""
+    device = resolve_device(config.device)
+    model = build_model(arch, 0.0, config, data.window)
+    model.load_state_dict(copy.deepcopy(state))
+    model.to(device)
+    dev = DeviceData.from_prepared(data, device)
+    probs, _ = predict(model, dev, split, config.eval_batch_size)
+    return auc(data.labels[split], probs)
