@@ -10,9 +10,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch==2.13.0 first: on a CPU machine it is the local CPU build, so nothing pulls CUDA wheels.
+# torch first, and only when missing: on a CPU machine torch==2.13.0 is the local CPU build, so
+# nothing pulls CUDA wheels; on a GPU machine a CUDA torch already in the venv is kept.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -196,4 +196,4 @@ class HpoConfig(_Config):
         )
 
 
-Precision = Literal["bf16", "fp32"]
+

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny CPU configuration with every store under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from schemas.config import DataConfig, HpoConfig, StoreConfig, StudyConfig, TrainConfig
+
+# Two cores on CI: keep torch from oversubscribing them when tests spawn trial processes.
+torch.set_num_threads(int(os.environ.get("HPO_TEST_THREADS", "2")))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def smoke_config(tmp_path: Path) -> HpoConfig:
+    """The smoke path: real data, real stores (SQLite under tmp_path), a few short epochs."""
+    return HpoConfig(
+        data=DataConfig(),
+        train=TrainConfig(max_epochs=2, max_batches_per_epoch=8, batch_size=128, warmup_steps=5, device="cpu"),
+        study=StudyConfig(n_trials=8, heartbeat_interval_s=1, heartbeat_grace_s=4),
+        stores=StoreConfig(root=tmp_path / "mlruns"),
+    )
