@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated, Literal
 
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -43,7 +44,17 @@ class DataConfig(_Config):
 class TrainConfig(_Config):
     """How one trial trains."""
 
-    batch_size: int = Field(256, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        256,
+        description="windows per step, or 'auto': the largest that fits on the GPU (tasks/batch_size.py), "
+        "capped by max_auto_batch_size; 'auto' on a CPU means 256. The result records the size used.",
+    )
+    max_auto_batch_size: int = Field(
+        1024,
+        ge=1,
+        description="upper bound of batch_size='auto': the train split holds ~7k windows, so a larger batch "
+        "leaves too few steps per epoch",
+    )
     eval_batch_size: int = Field(2048, ge=1)
     max_epochs: int = Field(50, ge=1)
     patience: int = Field(5, ge=1, description="epochs without a better val AUC before stopping")

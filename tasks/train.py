@@ -3,7 +3,9 @@
 The dataset lives on the training device as one feature matrix; a batch of windows is built by
 indexing (`features[anchors[:, None] + offsets]`), never by a per-sample DataLoader. On CUDA the
 step runs in bf16 autocast with fused AdamW and TF32 for what stays fp32; on CPU in fp32 and
-reproducible for a seed.
+reproducible for a seed. `batch_size='auto'` trains with the largest batch that fits on the GPU
+(tasks/batch_size.py) and records it in the result. `train_step` is the one step that the trainer,
+the batch-size probe and bench/ all run.
 """
 
 from __future__ import annotations
@@ -118,6 +120,28 @@ def build_model(arch: Architecture, dropout: float, config: TrainConfig, window:
     )
 
 
+def build_training(
+    arch: Architecture, hparams: Hyperparams, config: TrainConfig, window: int, device: torch.device
+) -> tuple[TransformerClassifier, torch.nn.Module, torch.optim.AdamW]:
+    """The model on the device, the module a step calls (compiled when asked, on CUDA) and its AdamW.
+
+    Seed the RNG before calling this: the model is initialised on the CPU, so a seed gives the
+    same initial weights on every device.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = build_model(arch, hparams.dropout, config, window).to(device)
+    step_model = torch.compile(model) if config.compile and device.type == "cuda" else model
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=hparams.learning_rate,
+        weight_decay=hparams.weight_decay,
+        fused=device.type == "cuda",
+    )
+    return model, step_model, optimizer
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -158,6 +182,55 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def train_step(
+    step_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grad_clip: float | None,
+    *,
+    epoch: int = 0,
+    step: int = 0,
+) -> torch.Tensor:
+    """One optimisation step on (B, window, F) windows and (B,) labels; returns the detached loss.
+
+    Raises TrialDiverged on a NaN/inf loss (one host sync per step: the price of failing fast).
+    """
+    with _autocast(x.device):
+        logits = step_model(x).float()  # (B,)
+    loss = F.binary_cross_entropy_with_logits(logits, y)
+    if not torch.isfinite(loss):
+        raise TrialDiverged(f"diverged: loss is {loss.item()} at epoch {epoch}, step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(step_model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+AUTO_BATCH_SIZE_CPU = 256
+
+
+def resolve_batch_size(
+    config: TrainConfig,
+    arch: Architecture,
+    hparams: Hyperparams,
+    window: int,
+    data: DeviceData,
+    device: torch.device,
+) -> int:
+    """config.batch_size, or for 'auto' the largest batch that fits on the GPU (256 on a CPU)."""
+    if config.batch_size != "auto":
+        return config.batch_size
+    upper = min(config.max_auto_batch_size, len(data.anchors["train"]))
+    if device.type != "cuda":
+        return min(AUTO_BATCH_SIZE_CPU, upper)
+    from tasks.batch_size import probe_largest_batch  # lazy: tasks.batch_size builds on this module
+
+    return probe_largest_batch(arch, hparams, config, window, data, device, upper=upper).batch_size
+
+
 EpochCallback = Callable[[dict[str, float]], None]
 
 
@@ -186,23 +259,15 @@ def train_model(
 
 
 def _train(data, arch, hparams, config, window, device, on_epoch):
+    dev = data if isinstance(data, DeviceData) else DeviceData.from_prepared(data, device)
+    batch_size = resolve_batch_size(config, arch, hparams, window, dev, device)  # before seeding: probes use RNG
     torch.manual_seed(config.seed)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
-    dev = data if isinstance(data, DeviceData) else DeviceData.from_prepared(data, device)
-    model = build_model(arch, hparams.dropout, config, window).to(device)
-    step_model = torch.compile(model) if config.compile and device.type == "cuda" else model
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=hparams.learning_rate,
-        weight_decay=hparams.weight_decay,
-        fused=device.type == "cuda",
-    )
+    model, step_model, optimizer = build_training(arch, hparams, config, window, device)
     train_anchors, train_labels = dev.anchors["train"], dev.labels["train"]
     n_train = len(train_anchors)
-    batches_per_epoch = math.ceil(n_train / config.batch_size)
+    batches_per_epoch = math.ceil(n_train / batch_size)
     if config.max_batches_per_epoch:
         batches_per_epoch = min(batches_per_epoch, config.max_batches_per_epoch)
     total_steps = batches_per_epoch * config.max_epochs
@@ -220,26 +285,17 @@ def _train(data, arch, hparams, config, window, device, on_epoch):
         loss_sum = torch.zeros((), device=device)
         started = time.perf_counter()
         for b in range(batches_per_epoch):
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            with _autocast(device):
-                logits = step_model(dev.batch(train_anchors[idx])).float()
-            loss = F.binary_cross_entropy_with_logits(logits, train_labels[idx])
-            # one host sync per step is the price of failing fast and clearly on divergence
-            if not torch.isfinite(loss):
-                raise TrialDiverged(f"diverged: loss is {loss.item()} at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            x, y = dev.batch(train_anchors[idx]), train_labels[idx]
+            loss = train_step(step_model, optimizer, x, y, config.grad_clip, epoch=epoch, step=step)
             scheduler.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss * len(idx)
             samples_seen += len(idx)
             step += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - started
-        train_loss = loss_sum.item() / min(n_train, batches_per_epoch * config.batch_size)
+        train_loss = loss_sum.item() / min(n_train, batches_per_epoch * batch_size)
 
         probs, val_loss = predict(model, dev, "val", config.eval_batch_size)
         if not np.isfinite(probs).all():
@@ -272,7 +328,7 @@ def _train(data, arch, hparams, config, window, device, on_epoch):
         train_seconds=train_seconds,
         samples_per_s=samples_seen / train_seconds if train_seconds > 0 else 0.0,
         peak_memory_mb=_peak_memory_mb(device),
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         device=device_name(device),
     )
     return result, best["state"]
