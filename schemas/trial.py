@@ -1,0 +1,50 @@
+"""What the study driver sends to a trial process, and what comes back.
+
+The driver writes a `TrialRequest` as JSON; the trial process prints events on stdout, one per
+line, prefixed with EVENT_PREFIX so stray library output cannot be mistaken for one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.config import TrainConfig
+
+EVENT_PREFIX = "@@hpo "
+# Test hook: JSON {trial_number: fault}; faults go through the real failure paths of the trial
+# process ("nan": the loss becomes NaN; "oom": torch.OutOfMemoryError at the first step;
+# "crash": the process dies without a word; "hang": it stops reporting).
+FAULT_ENV = "HPO_INJECT_FAULTS"
+Fault = Literal["nan", "oom", "crash", "hang"]
+
+
+class ArchitectureSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch_idx: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    d_ff_ratio: int
+    params: int
+
+
+class TrialRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["train", "evaluate"] = "train"
+    trial_number: int
+    dataset_path: Path
+    window: int
+    arch: ArchitectureSpec
+    learning_rate: float = 0.0
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+    train: TrainConfig
+    checkpoint_path: Path
+    split: Literal["val", "test"] = "test"  # evaluate mode
+    threads: int | None = None

@@ -1,0 +1,141 @@
+"""Run one trial in a child process and turn whatever happens into a TrialOutcome.
+
+The driver keeps the study's heartbeat alive while it waits, forwards per-epoch events, and
+kills a child that stops reporting for `stall_timeout_s`. A child that dies (segfault, the
+kernel's OOM killer, an exception) is a failed trial with its exit status and the tail of its
+stderr as the reason; the driver itself never raises because of a trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.trial import EVENT_PREFIX, TrialRequest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class TrialOutcome:
+    state: str  # "complete" | "failed"
+    result: dict = field(default_factory=dict)
+    failure_kind: str | None = None  # diverged | oom | crashed | hung | error
+    reason: str | None = None
+    epochs: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _pump(stream, sink: queue.Queue) -> None:
+    for line in stream:
+        sink.put(line)
+    sink.put(None)
+
+
+def run_trial_process(
+    request: TrialRequest,
+    on_event: Callable[[dict], None] | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    heartbeat_interval_s: float = 30.0,
+    stall_timeout_s: float | None = None,
+) -> TrialOutcome:
+    """Start `python -m tasks.trial_worker`, follow it to the end, never raise for its failures."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hpo-trial-") as tmp:
+        request_path = Path(tmp) / "request.json"
+        request_path.write_text(request.model_dump_json())
+        stderr_path = Path(tmp) / "stderr.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        with open(stderr_path, "w+") as stderr:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "tasks.trial_worker", str(request_path)],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=env,
+                cwd=REPO_ROOT,
+            )
+            try:
+                outcome = _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s)
+            except BaseException:  # Ctrl-C or a driver error: leave no orphan behind
+                child.kill()
+                child.wait()
+                raise
+            if outcome is None:  # the child ended without a final event
+                stderr.seek(0)
+                tail = "".join(deque(stderr, maxlen=15)).strip()
+                outcome = TrialOutcome(
+                    state="failed",
+                    failure_kind="crashed",
+                    reason=f"trial process {_describe_exit(child.returncode)}" + (f": {tail[-1500:]}" if tail else ""),
+                )
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s) -> TrialOutcome | None:
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True).start()
+    epochs: list[dict] = []
+    final: TrialOutcome | None = None
+    last_progress = last_beat = time.monotonic()
+    if heartbeat:
+        heartbeat()
+    while True:
+        try:
+            line = lines.get(timeout=min(heartbeat_interval_s, 5.0))
+        except queue.Empty:
+            line = ""
+        now = time.monotonic()
+        if heartbeat and now - last_beat >= heartbeat_interval_s:
+            heartbeat()
+            last_beat = now
+        if line is None:  # stdout closed: the child is exiting
+            child.wait()
+            return final
+        if line.startswith(EVENT_PREFIX):
+            event = json.loads(line[len(EVENT_PREFIX) :])
+            last_progress = now
+            kind = event.pop("event")
+            if kind == "epoch":
+                epochs.append(event)
+            elif kind in ("result", "evaluation"):
+                final = TrialOutcome(state="complete", result=event, epochs=epochs)
+            elif kind == "failed":
+                final = TrialOutcome(state="failed", failure_kind=event["kind"], reason=event["reason"], epochs=epochs)
+            if on_event:
+                on_event({"event": kind, **event})
+        elif stall_timeout_s is not None and now - last_progress > stall_timeout_s:
+            child.kill()
+            child.wait()
+            return TrialOutcome(
+                state="failed",
+                failure_kind="hung",
+                reason=f"no progress for {stall_timeout_s:g} s; the trial process was killed",
+                epochs=epochs,
+            )

@@ -1,0 +1,106 @@
+"""The trial process: `python -m tasks.trial_worker REQUEST.json`.
+
+It trains (or evaluates) one architecture and reports on stdout; it never touches Optuna or
+MLflow. Running it as a separate process is what keeps a crash, an OOM or a hung kernel from
+taking the study driver down: the driver only reads events and an exit code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from schemas.trial import EVENT_PREFIX, FAULT_ENV, TrialRequest
+
+
+def emit(event: str, **fields: object) -> None:
+    print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the driver dies, so no orphan holds the GPU."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the driver's own cleanup still kills us on normal exits
+
+
+def injected_fault(trial_number: int) -> str | None:
+    faults = json.loads(os.environ.get(FAULT_ENV, "{}"))
+    return faults.get(str(trial_number))
+
+
+def _train(request: TrialRequest) -> int:
+    import torch
+
+    from models.arch_grid import Architecture
+    from tasks.data import PreparedData
+    from tasks.train import Hyperparams, TrialFailure, train_model
+
+    fault = injected_fault(request.trial_number)
+    if fault == "crash":
+        os._exit(139)  # like a segfault: no event, no cleanup
+    if fault == "hang":
+        time.sleep(10**6)
+    data = PreparedData.load(request.dataset_path)
+    if fault == "nan":
+        data.features[:] = float("nan")  # the real divergence check must catch it
+    arch = Architecture(**request.arch.model_dump())
+
+    def on_epoch(metrics: dict[str, float]) -> None:
+        if fault == "oom":  # raised inside the training loop: the trainer's own OOM handling reports it
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by HPO_INJECT_FAULTS)")
+        emit("epoch", **metrics)
+
+    try:
+        result, state = train_model(
+            data,
+            arch,
+            Hyperparams(request.learning_rate, request.dropout, request.weight_decay),
+            request.train,
+            request.window,
+            on_epoch=on_epoch,
+        )
+    except TrialFailure as failure:
+        emit("failed", kind=failure.kind, reason=str(failure))
+        return 3
+    request.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = request.checkpoint_path.with_suffix(".tmp")
+    torch.save({"arch": request.arch.model_dump(), "state": state, "dropout": request.dropout}, tmp)
+    tmp.replace(request.checkpoint_path)
+    emit("result", **result.as_dict())
+    return 0
+
+
+def _evaluate(request: TrialRequest) -> int:
+    import torch
+
+    from models.arch_grid import Architecture
+    from tasks.data import PreparedData
+    from tasks.train import evaluate_state
+
+    checkpoint = torch.load(request.checkpoint_path, map_location="cpu", weights_only=True)
+    data = PreparedData.load(request.dataset_path)
+    value = evaluate_state(data, Architecture(**checkpoint["arch"]), checkpoint["state"], request.train, request.split)
+    emit("evaluation", split=request.split, auc=value)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    die_with_parent()
+    request = TrialRequest.model_validate_json(Path(argv[1]).read_text())
+    if request.threads:
+        import torch
+
+        torch.set_num_threads(request.threads)
+    return _train(request) if request.mode == "train" else _evaluate(request)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
