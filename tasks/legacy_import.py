@@ -1,0 +1,190 @@
+"""Legacy trials into MLflow: one run per trial attempt, beside the new trials of the same study.
+
+Each run sits in the study's experiment (`2M_h1`), tagged `source=legacy`, with the params of new
+trials (`schemas.tracking.TRIAL_PARAMS`; `n_heads` left out where it is unrecoverable, and
+`batch_size`/`seed`, which the old logs never gave) and the final metrics the log had. Complete
+trials end FINISHED, the rest FAILED with a `failure_reason` tag. The source log and the trial's
+recovered record are attached as artifacts under `legacy/`.
+
+Idempotent: each run carries `legacy_key` (`2M_h1#17@1`: experiment, trial number, attempt) and
+a fingerprint of its content. Importing again leaves a run whose fingerprint matches alone and
+replaces one whose trial changed (a re-recovered n_heads, a log that grew); a run left half-made by
+a crash (RUNNING, or no fingerprint) is replaced too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import StoreConfig
+from schemas.legacy import ImportCounts, LegacyExperiment, LegacyTrial
+from schemas.tracking import (
+    FINAL_METRICS,
+    TAG_BUDGET,
+    TAG_CODE_VERSION,
+    TAG_EXTREME_TYPE,
+    TAG_FAILURE_REASON,
+    TAG_HORIZON,
+    TAG_LEGACY_KEY,
+    TAG_N_HEADS_SOURCE,
+    TAG_RUN_KIND,
+    TAG_SOURCE,
+    TAG_STATE,
+    TAG_STUDY,
+    TAG_STUDY_VERSION,
+    TAG_TRIAL_NUMBER,
+    TRIAL_PARAMS,
+    trial_run_name,
+)
+from tasks.tracking import code_version, get_or_create_experiment, log_batch, mlflow_client, search_all_runs
+
+# Importer-only tags (the report does not read them).
+TAG_LEGACY_FINGERPRINT = "legacy_fingerprint"
+TAG_LEGACY_ATTEMPT = "legacy_attempt"
+TAG_LEGACY_SOURCE = "legacy_source"
+TAG_N_HEADS_NOTE = "n_heads_note"
+ARTIFACT_DIR = "legacy"
+_MAX_TAG = 5000
+
+
+def legacy_key(experiment: str, trial: LegacyTrial) -> str:
+    """`2M_h1#17@1`: stable across re-imports, whichever file (log or JSON) the trial came from."""
+    return f"{experiment}#{trial.number}@{trial.attempt}"
+
+
+def fingerprint(experiment: LegacyExperiment, trial: LegacyTrial) -> str:
+    """A hash of everything a run is built from; it changes when the recovered trial changes."""
+    content = {
+        "trial": trial.model_dump(mode="json"),
+        "grid_version": experiment.grid_version,
+        "budget": experiment.budget,
+        "horizon": experiment.horizon,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def trial_params(experiment: LegacyExperiment, trial: LegacyTrial) -> dict[str, object]:
+    """TRIAL_PARAMS the trial has a value for."""
+    known = {"budget": experiment.budget, "horizon": experiment.horizon, "grid_version": experiment.grid_version}
+    values = {name: known.get(name, getattr(trial, name, None)) for name in TRIAL_PARAMS}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def trial_metrics(trial: LegacyTrial) -> dict[str, float]:
+    """FINAL_METRICS of a complete trial, from its fields or (samples_per_s, ...) its extra keys."""
+    if trial.state != "complete":
+        return {}
+    metrics = {}
+    for name in FINAL_METRICS:
+        value = getattr(trial, name, None)
+        if value is None:
+            value = trial.extra.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[name] = float(value)
+    return metrics
+
+
+def trial_tags(experiment: LegacyExperiment, trial: LegacyTrial) -> dict[str, str]:
+    tags = {
+        TAG_RUN_KIND: "trial",
+        TAG_SOURCE: "legacy",
+        TAG_STUDY: experiment.experiment,
+        TAG_STUDY_VERSION: "1",
+        TAG_BUDGET: experiment.budget,
+        TAG_HORIZON: str(experiment.horizon),
+        TAG_TRIAL_NUMBER: str(trial.number),
+        TAG_EXTREME_TYPE: trial.extreme_type or "none",
+        TAG_STATE: trial.state,
+        TAG_N_HEADS_SOURCE: trial.n_heads_source,
+        TAG_LEGACY_KEY: legacy_key(experiment.experiment, trial),
+        TAG_LEGACY_ATTEMPT: str(trial.attempt),
+        TAG_LEGACY_SOURCE: Path(experiment.source_log).name,
+        TAG_CODE_VERSION: code_version(),
+    }
+    if trial.failure_reason:
+        tags[TAG_FAILURE_REASON] = trial.failure_reason[:_MAX_TAG]
+    if trial.n_heads_note:
+        tags[TAG_N_HEADS_NOTE] = trial.n_heads_note[:_MAX_TAG]
+    return tags
+
+
+def _millis(moment: datetime | None) -> int | None:
+    """Epoch milliseconds; the logs' naive timestamps are read as UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _is_whole(run: Run, expected: str) -> bool:
+    return run.info.status in ("FINISHED", "FAILED") and run.data.tags.get(TAG_LEGACY_FINGERPRINT) == expected
+
+
+def _create_run(
+    client: MlflowClient, experiment_id: str, experiment: LegacyExperiment, trial: LegacyTrial,
+    artifact: Path | None, content_hash: str,
+) -> None:
+    name = trial_run_name(experiment.experiment, trial.number)
+    if trial is not _latest(experiment, trial.number):
+        name += f" (attempt {trial.attempt}, superseded)"
+    run = client.create_run(experiment_id, start_time=_millis(trial.started_at), tags=trial_tags(experiment, trial), run_name=name)
+    run_id = run.info.run_id
+    if artifact is not None:
+        client.log_artifact(run_id, str(artifact), artifact_path=ARTIFACT_DIR)
+    client.log_dict(run_id, trial.model_dump(mode="json"), f"{ARTIFACT_DIR}/trial.json")
+    # The fingerprint goes last: a run without it is a half-made run and gets replaced.
+    log_batch(client, run_id, params=trial_params(experiment, trial), metrics=trial_metrics(trial),
+              tags={TAG_LEGACY_FINGERPRINT: content_hash})
+    end = trial.ended_at or trial.started_at
+    client.set_terminated(run_id, "FINISHED" if trial.state == "complete" else "FAILED", end_time=_millis(end))
+
+
+def _latest(experiment: LegacyExperiment, number: int) -> LegacyTrial:
+    return max((t for t in experiment.trials if t.number == number), key=lambda t: t.attempt)
+
+
+def import_experiment(experiment: LegacyExperiment, stores: StoreConfig, artifact: Path | None = None) -> ImportCounts:
+    """Create, keep or replace one run per trial attempt; `artifact` (the source log) is attached."""
+    client = mlflow_client(stores)
+    experiment_id = get_or_create_experiment(client, experiment.experiment, stores.artifact_root)
+    existing: dict[str, list[Run]] = {}
+    for run in search_all_runs(client, [experiment_id], f"tags.{TAG_SOURCE} = 'legacy'"):
+        existing.setdefault(run.data.tags.get(TAG_LEGACY_KEY, ""), []).append(run)
+    counts = ImportCounts(experiment_id=experiment_id)
+    for trial in experiment.trials:
+        expected = fingerprint(experiment, trial)
+        runs = existing.get(legacy_key(experiment.experiment, trial), [])
+        keep = next((run for run in runs if _is_whole(run, expected)), None)
+        for run in runs:
+            if run is not keep:
+                client.delete_run(run.info.run_id)
+        if keep is not None:
+            counts.unchanged += 1
+            continue
+        _create_run(client, experiment_id, experiment, trial, artifact, expected)
+        if runs:
+            counts.replaced += 1
+        else:
+            counts.created += 1
+    return counts
+
+
+def source_artifact(experiment: LegacyExperiment, input_path: Path) -> Path:
+    """The original log when it is still where the experiment says, else the file read."""
+    original = Path(experiment.source_log)
+    return original if original.is_file() else input_path
+
+
+@task(name="import-legacy-experiment", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def import_legacy_experiment(experiment: LegacyExperiment, stores: StoreConfig, artifact: Path | None = None) -> ImportCounts:
+    """Import one recovered legacy experiment into MLflow (idempotent)."""
+    return import_experiment(experiment, stores, artifact)
