@@ -3,6 +3,8 @@ a task; no logic lives here beyond argument handling."""
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -84,6 +86,129 @@ def train(
         on_epoch=lambda e: console.print(e),
     )
     console.print(result.as_dict())
+
+
+@app.command()
+def recover(
+    inputs: Annotated[list[Path], typer.Argument(help="legacy .log files, old trial .json files, or folders of them", exists=True)],
+    out: Annotated[Path, typer.Option("--out", help="folder for the recovered <experiment>.json files")],
+    grid_version: Annotated[int | None, typer.Option(help="grid version the logs' arch_idx refer to [default: 1, the legacy grid]")] = None,
+    import_mlflow: Annotated[bool, typer.Option("--import-mlflow", help="also import the trials into MLflow (idempotent)")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="any problem: write nothing and exit 1")] = False,
+    root: StoreRoot = Path("mlruns"),
+) -> None:
+    """Recover legacy trials, n_heads included, from old HPO logs or trial JSON files."""
+    from flows.recover import recover as recover_flow
+    from schemas.legacy import RecoverRequest
+    from tasks.legacy import summary_table
+
+    try:
+        request = RecoverRequest(inputs=inputs, out=out, grid_version=grid_version, import_mlflow=import_mlflow,
+                                 strict=strict, stores=StoreConfig(root=root))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    report = recover_flow(request)
+    console.print(summary_table(report))
+    for problem in report.problems:
+        console.print(f"  {problem}", markup=False, highlight=False)
+    if strict and report.problems:
+        console.print(f"--strict: {len(report.problems)} problems, nothing written")
+        raise typer.Exit(1)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is *now*, so the live progress display can redirect it
+    above its bars (a StreamHandler would keep the stream it was created with)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("hpo")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@app.command()
+def run(
+    budget: Annotated[str, typer.Argument(help="smoke, 2M, 20M, 200M or 2B")],
+    horizons: Annotated[list[str], typer.Argument(help="one or more of h1 h3 h5, run in this order")],
+    trials: Annotated[int, typer.Option("--trials", help="completed trials the study ends with")] = 50,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (PostgreSQL for several workers)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="start a new version of the study; the old one is kept")] = False,
+    version: Annotated[int | None, typer.Option(help="run exactly this version of the study")] = None,
+    timeout_hours: Annotated[float | None, typer.Option(help="stop cleanly after this long; rerun to continue")] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="epochs per trial (default 50, early stopping)")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="smoke budget, one short epoch, at most 8 trials")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    data: DataSource = "bundled",
+    root: StoreRoot = Path("mlruns"),
+) -> None:
+    """Run (or resume) the studies BUDGET_hH, one after another, as the Prefect `hpo` flow."""
+    from flows.hpo import hpo_flow
+    from tasks.progress import live_progress
+    from tasks.study import optuna_storage, resolve_study_name
+
+    base = build_config(root, data, storage, tracking_uri, n_trials=trials, timeout_hours=timeout_hours)
+    train_update = {"device": device} | ({"max_epochs": max_epochs} if max_epochs else {})
+    config = base.model_copy(update={"train": base.train.model_copy(update=train_update)})
+    try:
+        specs = [StudySpec(budget=budget, horizon=h, version=version, fresh=fresh) for h in horizons]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if smoke:
+        config, specs = config.smoke(), [s.as_smoke() for s in specs]
+    # --fresh is resolved here, once: the flow gets explicit versions, so a Prefect retry of the
+    # flow resumes the new study instead of starting yet another one.
+    opened = optuna_storage(config.stores, config)
+    names = [resolve_study_name(spec, opened)[0] for spec in specs]
+    _configure_logging()
+    console.print(f"studies: {', '.join(names)}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
+    with live_progress(config.train.max_epochs, console):
+        summaries = hpo_flow(studies=names, config=config)
+    _print_summaries(summaries)
+
+
+def _print_summaries(summaries: list[dict]) -> None:
+    table = Table(title="studies")
+    for column in ("study", "state", "complete", "failed", "best_trial", "best_val_auc", "best_test_auc"):
+        table.add_column(column)
+    for s in summaries:
+        fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+        table.add_row(*(fmt(s.get(c)) for c in ("study", "state", "complete", "failed", "best_trial", "best_val_auc", "best_test_auc")))
+    console.print(table)
+
+
+@app.command()
+def baselines(
+    horizon: Annotated[list[str] | None, typer.Option("--horizon", help="h1, h3 or h5; repeat for several [default: all]")] = None,
+    study: Annotated[list[str] | None, typer.Option("--study", help="log into this study's experiment; repeatable [default: every study of the horizon, else baselines_hH]")] = None,
+    data: DataSource = "bundled",
+    root: StoreRoot = Path("mlruns"),
+) -> None:
+    """Fit the baselines (logreg, logreg_flat, hgb, base_rate) once per horizon and log them beside its studies."""
+    from tasks.baselines import baseline_table, baseline_targets, run_baselines
+
+    config = build_config(root, data)
+    try:
+        targets = baseline_targets(config, horizon or [], study or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    table = Table(title="baselines: chosen on val AUC, test AUC for reporting only")
+    for column in ("horizon", "model", "val_auc", "test_auc", "chosen", "experiments"):
+        table.add_column(column)
+    for h, names in targets.items():
+        for name in names:
+            run_baselines(config, name, h)  # fitted once per horizon, logged (or reused) in each
+        for row in baseline_table(config, names[0], h):
+            table.add_row(f"h{h}", row["model"], f"{row['val_auc']:.4f}", f"{row['test_auc']:.4f}", row["chosen"], ", ".join(names))
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ class StudyConfig(_Config):
         return self.n_trials if self.max_failed_trials is None else self.max_failed_trials
 
 
-_STUDY_NAME = re.compile(r"^(?P<budget>[^_\s]+)_h(?P<horizon>\d+)(?:_v(?P<version>\d+))?$")
+_STUDY_NAME = re.compile(r"^(?:smoke-(?P<smoke_of>[^_\s]+)_)?(?P<budget>[^_\s]+)?_?h(?P<horizon>\d+)(?:_v(?P<version>\d+))?$")
 
 
 class StudySpec(_Config):
@@ -156,12 +156,20 @@ class StudySpec(_Config):
     horizon: int
     version: int | None = Field(None, ge=1, description="None: the latest existing version, or 1")
     fresh: bool = Field(False, description="start a new version beside the latest (the old one is kept)")
+    smoke_of: str | None = Field(None, description="the budget this smoke study stands in for (smoke switch)")
 
     @field_validator("budget")
     @classmethod
     def _known_budget(cls, budget: str) -> str:
         if budget not in BUDGETS:
             raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+        return budget
+
+    @field_validator("smoke_of")
+    @classmethod
+    def _known_stand_in(cls, budget: str | None) -> str | None:
+        if budget is not None and budget not in BUDGETS:
+            raise ValueError(f"unknown budget {budget!r} in smoke_of; choose one of {', '.join(BUDGETS)}")
         return budget
 
     @field_validator("horizon", mode="before")
@@ -174,21 +182,39 @@ class StudySpec(_Config):
 
     @property
     def base_name(self) -> str:
+        """`20M_h5`; under the smoke switch `smoke-20M_h5`, so stand-ins of different budgets
+        stay distinct studies."""
+        if self.smoke_of:
+            return f"smoke-{self.smoke_of}_h{self.horizon}"
         return f"{self.budget}_h{self.horizon}"
+
+    def name(self, version: int) -> str:
+        """Version 1 keeps the plain name (`20M_h5`) so legacy and first runs share it."""
+        return self.base_name if version == 1 else f"{self.base_name}_v{version}"
+
+    def as_smoke(self) -> StudySpec:
+        if self.budget == "smoke":
+            return self
+        return self.model_copy(update={"budget": "smoke", "smoke_of": self.budget})
 
     @classmethod
     def parse(cls, name: str) -> StudySpec:
-        """'20M_h5' (latest version), '20M_h1_v2' (exactly version 2)."""
+        """'20M_h5' (latest version), '20M_h1_v2' (exactly version 2), 'smoke-20M_h5' (smoke stand-in)."""
         match = _STUDY_NAME.match(name.strip())
-        if not match:
+        if not match or not (match["budget"] or match["smoke_of"]) or (match["budget"] and match["smoke_of"]):
             raise ValueError(f"cannot read study name {name!r}; write BUDGET_hH or BUDGET_hH_vN, e.g. 20M_h5 or 20M_h1_v2")
         version = match["version"]
-        return cls(budget=match["budget"], horizon=match["horizon"], version=int(version) if version else None)
+        return cls(
+            budget=match["budget"] or "smoke",
+            horizon=match["horizon"],
+            version=int(version) if version else None,
+            smoke_of=match["smoke_of"],
+        )
 
 
 def study_name(budget: str, horizon: int, version: int) -> str:
     """Version 1 keeps the plain name (`20M_h5`) so legacy and first runs share it."""
-    return f"{budget}_h{horizon}" if version == 1 else f"{budget}_h{horizon}_v{version}"
+    return StudySpec(budget=budget, horizon=horizon).name(version)
 
 
 class HpoConfig(_Config):
@@ -201,9 +227,13 @@ class HpoConfig(_Config):
     stores: StoreConfig = StoreConfig()
 
     def smoke(self) -> HpoConfig:
-        """The smoke switch: one short epoch, so the whole path runs in minutes on a CPU."""
+        """The smoke switch: one short epoch and at most 8 trials per study (the 6 extremes and 2
+        sampled), so the whole path runs in minutes on a CPU."""
         return self.model_copy(
-            update={"train": self.train.model_copy(update={"max_epochs": 1, "max_batches_per_epoch": 20})}
+            update={
+                "train": self.train.model_copy(update={"max_epochs": 1, "max_batches_per_epoch": 20}),
+                "study": self.study.model_copy(update={"n_trials": min(self.study.n_trials, 8)}),
+            }
         )
 
 

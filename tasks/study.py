@@ -31,7 +31,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from models.arch_grid import Architecture, forced_extremes, get_architectures_for_budget
-from schemas.config import HpoConfig, SearchSpace, StoreConfig, StudySpec, study_name
+from schemas.config import HpoConfig, SearchSpace, StoreConfig, StudySpec
 from schemas import tracking as T
 from schemas.trial import ArchitectureSpec, TrialRequest
 from tasks.data import cached_dataset
@@ -93,7 +93,7 @@ def existing_versions(storage: RDBStorage, spec: StudySpec) -> list[int]:
             found = StudySpec.parse(summary.study_name)
         except ValueError:
             continue
-        if (found.budget, found.horizon) == (spec.budget, spec.horizon):
+        if found.base_name == spec.base_name:
             versions.append(found.version or 1)
     return sorted(versions)
 
@@ -107,7 +107,7 @@ def resolve_study_name(spec: StudySpec, storage: RDBStorage) -> tuple[str, int]:
         version = (versions[-1] if versions else 0) + 1
     else:
         version = versions[-1] if versions else 1
-    return study_name(spec.budget, spec.horizon, version), version
+    return spec.name(version), version
 
 
 # ---------------------------------------------------------------- the handle
@@ -187,6 +187,7 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
                 T.TAG_BUDGET: spec.budget,
                 T.TAG_HORIZON: str(spec.horizon),
                 T.TAG_CODE_VERSION: code_version(),
+                "smoke_of": spec.smoke_of or "",
             },
         )
         log_batch(client, parent.info.run_id, params={"grid_version": grid_version, "grid_size": len(grid)})
@@ -360,6 +361,10 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialO
     trial.set_user_attr(ATTR_MLFLOW_RUN, run_id)
     log_batch(handle.client, run_id, params=params)
     log.info(trial_description(trial.number, arch, hp) + (f" [forced extreme: {extreme}]" if extreme != "none" else ""))
+    if progress is not None:
+        progress.trial_started(
+            handle.name, trial.number, f"d={arch.d_model} L={arch.n_layers} h={arch.n_heads} lr={hp['learning_rate']:g}"
+        )
 
     def on_event(event: dict) -> None:
         if event["event"] == "epoch":
@@ -387,6 +392,10 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialO
         stall_timeout_s=handle.config.study.stall_timeout_s,
     )
     record_outcome(handle, trial, run_id, outcome)
+    if progress is not None:
+        done = f"val_auc={outcome.result['val_auc']:.4f}" if outcome.complete else f"failed ({outcome.failure_kind})"
+        progress.trial_finished(handle.name, trial.number, done)
+        progress.study(handle.name, handle.config.study.n_trials, handle.counts()["complete"])
     return outcome
 
 

@@ -1,0 +1,51 @@
+"""The `hpo` flow: studies in order, each a `study` subflow whose trials are task runs."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from schemas.config import HpoConfig, StudySpec
+from tasks import study as studies
+from tasks.progress import current_progress
+
+
+@task(name="open-study", cache_policy=NONE, retries=2, retry_delay_seconds=5)
+def open_study(spec: StudySpec, config: HpoConfig) -> studies.StudyHandle:
+    """Create or resume the study (retried: it only talks to the stores)."""
+    return studies.open_study(spec, config)
+
+
+@task(name="trial", cache_policy=NONE)
+def run_trial(handle: studies.StudyHandle, trial) -> dict:
+    """Train one trial in its own process; failures are recorded, not raised."""
+    outcome = studies.run_trial(handle, trial, current_progress())
+    return {"state": outcome.state, "val_auc": outcome.result.get("val_auc"), "failure": outcome.failure_kind}
+
+
+@task(name="finish-study", cache_policy=NONE)
+def finish_study(handle: studies.StudyHandle) -> dict:
+    """Evaluate the best trial on test and log it on the study run, once the study is complete."""
+    return studies.finish_study(handle)
+
+
+@flow(name="study", flow_run_name="{spec.budget}_h{spec.horizon}")
+def study_flow(spec: StudySpec, config: HpoConfig) -> dict:
+    """One (budget, horizon) study until it has `n_trials` complete trials (or this run stops)."""
+    handle = open_study(spec, config)
+    progress = current_progress()
+    if progress is not None:
+        progress.study(handle.name, config.study.n_trials, handle.counts()["complete"])
+    while (trial := studies.next_trial(handle)) is not None:
+        run_trial.with_options(task_run_name=f"{handle.name} #{trial.number}")(handle, trial)
+    return finish_study(handle)
+
+
+@flow(name="hpo")
+def hpo_flow(studies: list[str], config: HpoConfig = HpoConfig(), smoke: bool = False) -> list[dict]:
+    """Run studies in the given order, e.g. ["20M_h1_v2", "20M_h3_v2"]; each must finish (or stop
+    cleanly on its timeout) before the next starts."""
+    specs = [StudySpec.parse(name) for name in studies]
+    if smoke:
+        config, specs = config.smoke(), [spec.as_smoke() for spec in specs]
+    return [study_flow.with_options(flow_run_name=spec.base_name)(spec, config) for spec in specs]

@@ -1,0 +1,72 @@
+"""Live terminal progress: a bar per study (completed trials) and per running trial (epochs).
+
+The CLI installs one with `live_progress()`; flows look it up with `current_progress()`, so a
+flow run from a Prefect worker (no terminal) simply has none and logs lines instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+_current: ContextVar[TrialProgress | None] = ContextVar("hpo_progress", default=None)
+
+
+class TrialProgress:
+    def __init__(self, progress: Progress, max_epochs: int):
+        self._progress = progress
+        self._max_epochs = max_epochs
+        self._studies: dict[str, int] = {}
+        self._trials: dict[tuple[str, int], int] = {}
+
+    def study(self, name: str, n_trials: int, complete: int) -> None:
+        if name not in self._studies:
+            self._studies[name] = self._progress.add_task(f"[bold]{name}[/] trials", total=n_trials)
+        self._progress.update(self._studies[name], completed=complete, total=n_trials)
+
+    def trial_started(self, study: str, number: int, description: str) -> None:
+        self._trials[(study, number)] = self._progress.add_task(f"  #{number} {description}", total=self._max_epochs)
+
+    def on_event(self, study: str, number: int, event: dict) -> None:
+        task = self._trials.get((study, number))
+        if task is None:
+            return
+        if event["event"] == "epoch":
+            self._progress.update(
+                task,
+                completed=event["epoch"],
+                description=f"  #{number} epoch {event['epoch']}: val/auc={event['val/auc']:.4f} train/loss={event['train/loss']:.4f}",
+            )
+
+    def trial_finished(self, study: str, number: int, summary: str) -> None:
+        task = self._trials.pop((study, number), None)
+        if task is not None:
+            self._progress.remove_task(task)
+        self._progress.console.print(f"  {study} #{number}: {summary}")
+        if study in self._studies:
+            self._progress.advance(self._studies[study], 0)
+
+
+def current_progress() -> TrialProgress | None:
+    return _current.get()
+
+
+@contextmanager
+def live_progress(max_epochs: int, console: Console | None = None) -> Iterator[TrialProgress | None]:
+    """A live display when stdout is a terminal; otherwise none (log lines carry the progress)."""
+    console = console or Console()
+    if not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        display = TrialProgress(progress, max_epochs)
+        token = _current.set(display)
+        try:
+            yield display
+        finally:
+            _current.reset(token)
