@@ -110,7 +110,7 @@ def recover(
     report = recover_flow(request)
     console.print(summary_table(report))
     for problem in report.problems:
-        console.print(f"  {problem}", markup=False, highlight=False)
+        console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
     if strict and report.problems:
         console.print(f"--strict: {len(report.problems)} problems, nothing written")
         raise typer.Exit(1)

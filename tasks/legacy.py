@@ -207,14 +207,14 @@ class LogParser:
             message = match["msg"].strip() if match else text.strip()
             if not message:
                 continue
+            if truncated:  # the process died mid-write: whatever the line was, its end is missing
+                self._problem(lineno, f"last line has no line ending (truncated); skipped, its values may be cut: {_clip(text)}")
+                continue
             if not match or _OPTUNA_NOISE.match(message):
                 if _LOOKS_LIKE_RECORD.search(message) and not _OPTUNA_NOISE.match(message):
                     self._problem(lineno, f"looks like a record but has no 'timestamp - logger - LEVEL - ' prefix; skipped: {_clip(text)}")
                 else:
                     self.noise_lines += 1
-                continue
-            if truncated and _LOOKS_LIKE_RECORD.search(message):
-                self._problem(lineno, f"last line has no line ending (truncated); skipped, its values may be cut: {_clip(text)}")
                 continue
             if "\ufffd" in message and _LOOKS_LIKE_RECORD.search(message):
                 self._problem(lineno, f"line has bytes that are not UTF-8; skipped: {_clip(text)}")

@@ -1,0 +1,124 @@
+"""The `recover` flow and `hpo recover`, end to end: crafted logs and an old JSON file in, JSON
+files and MLflow runs out, against a temporary Prefect API and a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.recover import recover
+from schemas.legacy import RecoverRequest
+from tasks.legacy import load_experiment
+from test_legacy import (  # noqa: F401  (fixtures are used by name)
+    GRID,
+    _legacy_runs,
+    failed,
+    finished,
+    header,
+    migrated_mlflow_db,
+    old_json_trials,
+    start,
+    stores,
+    write_log,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_api():
+    """One temporary Prefect API for the module (starting it costs 10-25 s on 2 busy cores)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with prefect_test_harness(server_startup_timeout=180):
+            yield
+
+
+@pytest.fixture
+def clean_log(tmp_path: Path) -> Path:
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    return write_log(tmp_path / "logs" / "2M_h1.log", [
+        header(), start(0, GRID[0]), finished(0), start(1, GRID[1], heads=True), failed(1),
+    ])
+
+
+@pytest.fixture
+def messy_log(tmp_path: Path) -> Path:
+    """A restart, a disagreeing arch_idx and a truncated last line."""
+    path = tmp_path / "logs" / "2M_h3.log"
+    path.parent.mkdir(exist_ok=True)
+    text = "".join([
+        header("2M_h3", horizon="h3"), start(0, GRID[0]), start(0, GRID[2]), finished(0),
+        start(1, GRID[3], d_model=32), finished(1), start(2, GRID[4]),
+    ])
+    path.write_bytes((text + finished(2)[:50]).replace("\n", "\r\n").encode())
+    return path
+
+
+def test_flow_recovers_writes_and_imports_idempotently(tmp_path: Path, stores, clean_log: Path, messy_log: Path) -> None:
+    old_json = tmp_path / "phase6a_2M_h5_all_trials.json"
+    old_json.write_text(json.dumps(old_json_trials()[:2]))
+    request = RecoverRequest(inputs=[clean_log.parent, old_json], out=tmp_path / "out", import_mlflow=True, stores=stores)
+
+    report = recover(request)
+    assert report.written
+    rows = {row.experiment: row for row in report.experiments}
+    assert set(rows) == {"2M_h1", "2M_h3", "2M_h5"}
+    assert (rows["2M_h1"].trials, rows["2M_h1"].complete, rows["2M_h1"].problems) == (2, 1, 0)
+    assert (rows["2M_h1"].n_heads_logged, rows["2M_h1"].n_heads_recovered) == (1, 1)
+    messy = rows["2M_h3"]
+    assert (messy.trials, messy.complete, messy.restarts, messy.n_heads_unrecoverable) == (3, 2, 1, 1)
+    assert messy.problems == 4  # restart, unrecoverable n_heads, truncated line, never finished
+    assert rows["2M_h5"].n_heads_recovered == 2 and rows["2M_h5"].problems == 0
+    assert rows["2M_h1"].mlflow.created == 2 and messy.mlflow.created == 4
+    for name in rows:
+        assert load_experiment(tmp_path / "out" / f"{name}.json").experiment == name
+
+    again = recover(request)
+    assert [(r.mlflow.created, r.mlflow.replaced) for r in again.experiments] == [(0, 0)] * 3
+    assert len(_legacy_runs(stores, "2M_h3")[1]) == 4
+
+
+def test_flow_strict_writes_nothing_when_there_is_a_problem(tmp_path: Path, stores, messy_log: Path) -> None:
+    report = recover(RecoverRequest(inputs=[messy_log], out=tmp_path / "out", import_mlflow=True, strict=True, stores=stores))
+    assert not report.written and len(report.problems) == 4
+    assert not (tmp_path / "out").exists()
+    assert stores.root.joinpath("mlflow.db").exists() and not stores.artifact_root.exists()
+
+
+def _hpo(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_recovers_what_it_can_and_reports_the_rest(tmp_path: Path, clean_log: Path, messy_log: Path) -> None:
+    result = _hpo("recover", str(clean_log), str(messy_log), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "2M_h1" in result.output and "2M_h3" in result.output
+    assert f"{messy_log}:3: trial 0 starts again" in result.output
+    assert f"{messy_log}:5: trial 1: n_heads unrecoverable" in result.output
+    assert f"{messy_log}:8: last line has no line ending (truncated)" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["2M_h1.json", "2M_h3.json"]
+
+
+def test_cli_strict_exits_non_zero_on_any_problem(tmp_path: Path, clean_log: Path, messy_log: Path) -> None:
+    result = _hpo("recover", str(clean_log), str(messy_log), "--out", str(tmp_path / "out"), "--strict")
+    assert result.exit_code == 1
+    assert "--strict: 4 problems, nothing written" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_strict_passes_a_clean_log_and_imports_it(tmp_path: Path, stores, clean_log: Path) -> None:
+    args = ("recover", str(clean_log), "--out", str(tmp_path / "out"), "--strict", "--import-mlflow", "--root", str(stores.root))
+    result = _hpo(*args)
+    assert result.exit_code == 0, result.output
+    assert "2/0/0" in result.output  # mlflow runs: new/same/replaced
+    assert len(_legacy_runs(stores)[1]) == 2
+
+
+def test_cli_refuses_an_unknown_grid_version(tmp_path: Path, clean_log: Path) -> None:
+    result = _hpo("recover", str(clean_log), "--out", str(tmp_path / "out"), "--grid-version", "9")
+    assert result.exit_code == 2
+    assert "unknown grid_version 9" in result.output
