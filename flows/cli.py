@@ -187,8 +187,8 @@ def _print_summaries(summaries: list[dict]) -> None:
 
 @app.command()
 def baselines(
-    horizon: Annotated[list[str] | None, typer.Option("--horizon", help="h1, h3 or h5; repeat for several [default: all]")] = None,
-    study: Annotated[list[str] | None, typer.Option("--study", help="log into this study's experiment; repeatable [default: every study of the horizon, else baselines_hH]")] = None,
+    horizon: Annotated[list[str] | None, typer.Option("--horizon", help="h1, h3 or h5; repeat for several (default: all three)")] = None,
+    study: Annotated[list[str] | None, typer.Option("--study", help="log into this study's experiment; repeatable (default: every study experiment of the horizon, or baselines_hH)")] = None,
     data: DataSource = "bundled",
     root: StoreRoot = Path("mlruns"),
 ) -> None:

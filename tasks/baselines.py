@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from schemas.config import DataConfig, HpoConfig, StudySpec
+from schemas.config import HORIZONS, DataConfig, HpoConfig, StudySpec
 from schemas.tracking import (
     TAG_BASELINE_MODEL,
     TAG_CODE_VERSION,
@@ -323,13 +324,14 @@ def baselines_task(config: HpoConfig, study: str, horizon: int) -> dict[str, flo
 
 def study_experiments(config: HpoConfig, horizon: int) -> list[str]:
     """Names of the existing study experiments at a horizon (`smoke_h1`, `20M_h1_v2`, ...)."""
-    client, names, token, experiments = mlflow_client(config.stores), [], None, []
+    client, experiments, token = mlflow_client(config.stores), [], None
     while True:
         page = client.search_experiments(max_results=1000, page_token=token)
         experiments.extend(page)
         token = page.token
         if not token:
             break
+    names = []
     for experiment in experiments:
         try:
             spec = StudySpec.parse(experiment.name)
@@ -338,6 +340,32 @@ def study_experiments(config: HpoConfig, horizon: int) -> list[str]:
         if spec.horizon == horizon:
             names.append(experiment.name)
     return sorted(names)
+
+
+def parse_horizon(value: str | int) -> int:
+    """'h1', 'H3' or 5 -> 1, 3, 5; anything else is an error naming the choices."""
+    try:
+        horizon = int(str(value).lower().removeprefix("h"))
+    except ValueError:
+        horizon = None
+    if horizon not in HORIZONS:
+        raise ValueError(f"unknown horizon {value!r}; choose one of {', '.join(f'h{h}' for h in HORIZONS)}")
+    return horizon
+
+
+def baseline_targets(config: HpoConfig, horizons: list[str], studies: list[str]) -> dict[int, list[str]]:
+    """Horizon -> the experiments to log baselines into. Named studies carry their horizon in
+    their name (`20M_h1_v2`); otherwise every existing study experiment of each horizon, or
+    `baselines_hH` where none exists yet."""
+    if studies:
+        targets: dict[int, list[str]] = {}
+        for name in studies:
+            match = re.search(r"_h(\d+)(?:_v\d+)?$", name)
+            if not match:
+                raise ValueError(f"cannot read a horizon from study {name!r}; name it like 20M_h1, 20M_h1_v2 or baselines_h1")
+            targets.setdefault(parse_horizon(match[1]), []).append(name)
+        return targets
+    return {h: study_experiments(config, h) or [f"baselines_h{h}"] for h in map(parse_horizon, horizons or HORIZONS)}
 
 
 def baseline_table(config: HpoConfig, study: str, horizon: int) -> list[dict[str, object]]:
