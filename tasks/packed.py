@@ -19,7 +19,7 @@ How a pack works
 - Per-trial dropout: `nn.Dropout` and the attention's `dropout_p` take a Python float, which
   cannot differ across a vmapped dimension. Each dropout is therefore replaced by `TrialDropout`,
   whose probability is a buffer (stacked to one value per trial) and which masks by hand:
-  x * (u >= p) / (1 - p), u uniform, drawn with `vmap(randomness="different")` so every trial
+  where(u >= p, x, 0) / (1 - p), u uniform, drawn with `vmap(randomness="different")` so every trial
   gets its own masks. Attention dropout acts on the attention probabilities as in
   `scaled_dot_product_attention`, which is why a pack computes attention explicitly
   (softmax(q k^T / sqrt(d_head)), dropout, @ v; for a 60-day window the (T, T) scores are small,
@@ -29,6 +29,9 @@ How a pack works
   RNG stream (seeded by the first trial's seed), so a packed trial is the same *distribution* of
   training runs as its twin, not the same draw: same initial weights, same batches, different
   dropout masks.
+- Memory: the explicit attention keeps each trial's (B, heads, T, T) probabilities for backward
+  (fp32 softmax output, bf16 copy, bool mask: about 7 bytes an element under bf16 autocast), the
+  largest term for the deep 2M shapes. Choose the pack size K by memory as well as by speed.
 - Each trial keeps its own early stopping. A trial that stops, or whose loss turns NaN/inf
   (TrialDiverged for that trial only), leaves the pack at the end of the epoch: its rows are
   dropped from every stacked tensor, so finished trials cost nothing.
@@ -88,8 +91,8 @@ class TrialDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        keep = (torch.rand_like(x) >= self.p).to(x.dtype)  # per trial under vmap(randomness="different")
-        return x * keep / (1 - self.p)
+        keep = torch.rand_like(x) >= self.p  # per trial under vmap(randomness="different")
+        return torch.where(keep, x, 0.0) / (1 - self.p)  # backward keeps the mask as bool: 1 byte
 
 
 class TrialAttention(nn.Module):
