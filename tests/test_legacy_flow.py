@@ -29,12 +29,18 @@ from test_legacy import (  # noqa: F401  (fixtures are used by name)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    """One temporary Prefect API for the module (starting it costs 10-25 s on 2 busy cores)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        with prefect_test_harness(server_startup_timeout=180):
-            yield
+def prefect_api(request: pytest.FixtureRequest):
+    """The session's temporary Prefect API where conftest has one, else one for this module
+    (starting one costs 10-25 s on 2 busy cores, so the suite should start it once)."""
+    try:
+        request.getfixturevalue("prefect_harness")
+    except pytest.FixtureLookupError:
+        pass
+    else:
+        yield
+        return
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
 
 
 @pytest.fixture
