@@ -92,7 +92,7 @@ def train(
 def recover(
     inputs: Annotated[list[Path], typer.Argument(help="legacy .log files, old trial .json files, or folders of them", exists=True)],
     out: Annotated[Path, typer.Option("--out", help="folder for the recovered <experiment>.json files")],
-    grid_version: Annotated[int | None, typer.Option(help="grid version the logs' arch_idx refer to [default: 1, the legacy grid]")] = None,
+    grid_version: Annotated[int | None, typer.Option(help="grid version the logs' arch_idx refer to (default: 1, the legacy grid)")] = None,
     import_mlflow: Annotated[bool, typer.Option("--import-mlflow", help="also import the trials into MLflow (idempotent)")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="any problem: write nothing and exit 1")] = False,
     root: StoreRoot = Path("mlruns"),

@@ -186,7 +186,6 @@ class LogParser:
 
     def __init__(self, source: str, default_experiment: str | None = None):
         self.source = source
-        self.default_experiment = default_experiment
         self.problems: list[Problem] = []
         self.headers: dict[str, LoggedHeader] = {}
         self.noise_lines = 0
@@ -796,13 +795,13 @@ def summary_table(report: RecoverReport) -> Table:
     """The `hpo recover` table: per experiment, trials, complete, n_heads logged / recovered /
     unrecoverable, problems, and what the MLflow import did when there was one."""
     title = "legacy recovery" + ("" if report.written else ": nothing written")
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column("experiment", overflow="fold")
-    for header in ("trials", "complete", "n_heads\nlogged", "n_heads\nrecovered", "n_heads\nunrecov.", "problems"):
+    for header in ("trials", "complete", "n_heads\nlogged", "n_heads\nrecov.", "n_heads\nunrec.", "problems"):
         table.add_column(header, justify="right")
     imported = any(row.mlflow for row in report.experiments)
     if imported:
-        table.add_column("mlflow runs\nnew/same/repl.")
+        table.add_column("mlflow:\nnew/same/\nreplaced")
     for row in report.experiments:
         name = row.experiment if row.experiment != "-" else f"- ({Path(row.source).name})"
         counts = (row.trials, row.complete, row.n_heads_logged, row.n_heads_recovered, row.n_heads_unrecoverable, row.problems)
