@@ -48,7 +48,8 @@ _PREFIX = re.compile(
     r"^(?P<ts>\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[,.]\d{1,6})?)\s+-\s+\S+\s+-\s+[A-Z]+\s+-\s(?P<msg>.*)$"
 )
 _HEADER = re.compile(r"^=== HPO (?P<name>\S+) \| (?P<fields>.*?) ===$")
-_START = re.compile(r"^Trial (?P<n>\d+): (?P<fields>.*)$")
+# The current study driver (tasks/study.py) appends " [forced extreme: TYPE]" to the start line.
+_START = re.compile(r"^Trial (?P<n>\d+): (?P<fields>.*?)(?: \[forced extreme: (?P<kind>[^\]\s]+)\])?$")
 _EXTREME = re.compile(r"^Trial (?P<n>\d+) forced extreme: (?P<kind>\S+)$")
 _FINISHED = re.compile(r"^Trial (?P<n>\d+) finished: (?P<fields>.*)$")
 _FAILED = re.compile(r"^Trial (?P<n>\d+) failed: ?(?P<reason>.*)$")
@@ -224,6 +225,8 @@ class LogParser:
     def _dispatch(self, message: str, lineno: int, ts: datetime | None) -> Iterator[LoggedTrial]:
         if m := _START.match(message):
             yield from self._on_start(int(m["n"]), m["fields"], lineno, ts)
+            if m["kind"]:
+                self._on_extreme(int(m["n"]), m["kind"], lineno)
         elif m := _FINISHED.match(message):
             self._on_finished(int(m["n"]), m["fields"], lineno, ts)
         elif m := _FAILED.match(message):

@@ -296,6 +296,20 @@ def test_forced_extreme_before_start_and_unknown_types() -> None:
     assert "unknown forced-extreme type 'max_width'" in reasons(parser.problems)
 
 
+def test_start_lines_of_the_current_study_driver_are_read() -> None:
+    from tasks.study import trial_description
+
+    hp = {"learning_rate": 5e-05, "dropout": 0.3, "weight_decay": 0.0}
+    text = trial_description(4, GRID[4], hp) + " [forced extreme: max_n_heads]"
+    trials, parser = parse([line(text), finished(4)])
+    assert parser.problems == []
+    assert trials[0].extreme_type == "max_n_heads"
+    assert trials[0].values == {"arch_idx": 4, "d_model": GRID[4].d_model, "n_layers": GRID[4].n_layers,
+                                "n_heads": GRID[4].n_heads, "params": GRID[4].params, "learning_rate": 5e-05,
+                                "dropout": 0.3, "weight_decay": 0.0, "d_ff_ratio": GRID[4].d_ff_ratio} | {
+        "val_auc": 0.7094, "pred_min": 0.3112, "pred_max": 0.7741, "recall": 0.5521, "epochs": 18, "train_seconds": 388.1}
+
+
 def test_unknown_keys_are_kept(tmp_path: Path) -> None:
     path = write_log(tmp_path / "2M_h1.log", [header(), start(0, GRID[0], seed=3, sampler="tpe"), finished(0, auc=0.7, samples_per_s=1200)])
     [trial] = recover_file(path).experiments[0].trials
