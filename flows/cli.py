@@ -211,5 +211,18 @@ def baselines(
     console.print(table)
 
 
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="folder for report.md, report.html and figures/")] = Path("reports"),
+    root: StoreRoot = Path("mlruns"),
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI [default: SQLite under --root]")] = None,
+) -> None:
+    """Write the cross-budget report from MLflow (Markdown, HTML, figures) and log it as the Prefect `report` flow."""
+    from flows.report import report as report_flow
+
+    files = report_flow(stores=StoreConfig(root=root, mlflow_tracking_uri=tracking_uri), out=out)
+    console.print(f"report: {files.markdown} and {files.html} ({len(files.figures)} figures); MLflow run {files.mlflow_run_id}")
+
+
 if __name__ == "__main__":
     app()

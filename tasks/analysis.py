@@ -35,6 +35,7 @@ The rules, each in one place (the report prints them in its "Methods" section):
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -72,7 +73,7 @@ _NUMERIC = tuple(p for p in TRIAL_PARAMS if p not in ("budget", "horizon")) + (
 )  # fmt: skip
 _TEXT = (
     "run_id", "experiment", "run_name", "status", "run_kind", "source", "study", "budget",
-    "extreme_type", "state", "failure_reason", "n_heads_source", "baseline_model", "supplemental_id",
+    "extreme_type", "state", "failure_reason", "failure_kind", "n_heads_source", "baseline_model", "supplemental_id",
 )  # fmt: skip
 
 Verdict = Literal["higher", "lower", "not distinguishable"]
@@ -81,12 +82,15 @@ Verdict = Literal["higher", "lower", "not distinguishable"]
 # ----------------------------------------------------------------------------- the runs frame
 
 
-def _parse_study(name: object) -> tuple[str, int, int] | None:
+def _parse_study(name: object) -> tuple[str, str, int, int] | None:
+    """(budget, budget group, horizon, version) of a study name; the group of a smoke stand-in
+    (`smoke-20M_h5`) is `smoke-20M`, of any other study its budget."""
     try:
         spec = StudySpec.parse(str(name))
     except ValueError:
         return None
-    return spec.budget, spec.horizon, spec.version or 1
+    group = f"smoke-{spec.smoke_of}" if spec.smoke_of else spec.budget
+    return spec.budget, group, spec.horizon, spec.version or 1
 
 
 def _parse_horizon(value: object) -> float:
@@ -113,10 +117,11 @@ def normalise_runs(runs: pd.DataFrame) -> pd.DataFrame:
     frame["study"] = [s if s else e for s, e in zip(frame["study"], frame["experiment"])]
     parsed = [_parse_study(s) for s in frame["study"]]
     frame["budget"] = [b if b else (p[0] if p else None) for b, p in zip(frame["budget"], parsed)]
+    frame["budget_group"] = [p[1] if p else b for b, p in zip(frame["budget"], parsed)]
     horizons = [_parse_horizon(h) for h in frame["horizon"]]
-    frame["horizon"] = [h if not math.isnan(h) else (float(p[1]) if p else math.nan) for h, p in zip(horizons, parsed)]
+    frame["horizon"] = [h if not math.isnan(h) else (float(p[2]) if p else math.nan) for h, p in zip(horizons, parsed)]
     versions = pd.to_numeric(frame["study_version"], errors="coerce")
-    frame["study_version"] = [v if not math.isnan(v) else (float(p[2]) if p else 1.0) for v, p in zip(versions, parsed)]
+    frame["study_version"] = [v if not math.isnan(v) else (float(p[3]) if p else 1.0) for v, p in zip(versions, parsed)]
     is_trial = frame["run_kind"] == "trial"
     untagged = is_trial & frame["state"].isna()
     inferred = np.where(
@@ -141,17 +146,21 @@ def baselines_of(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["run_kind"] == "baseline") & np.isfinite(frame["val_auc"])]
 
 
+def _budget_rank(name: str) -> tuple[int, int, str]:
+    base = name.removeprefix("smoke-")
+    return (name != base, BUDGETS.index(base) if base in BUDGETS else len(BUDGETS), name)
+
+
 def budget_order(budgets: object) -> list[str]:
-    """Known budgets by size (smallest first), unknown ones after them by name."""
-    names = {str(b) for b in budgets if b}
-    return [b for b in BUDGETS if b in names] + sorted(names - set(BUDGETS))
+    """Budget groups by size, smallest first: the real budgets, then smoke stand-ins by the size
+    of what they stand in for, then unknown names."""
+    return sorted({str(b) for b in budgets if b}, key=_budget_rank)
 
 
 def studies_in_order(frame: pd.DataFrame) -> list[str]:
     """Study names by budget size, horizon, version."""
-    rank = {b: i for i, b in enumerate(budget_order(frame["budget"].dropna().unique()))}
-    keys = frame.dropna(subset=["study"]).groupby("study")[["budget", "horizon", "study_version"]].first()
-    ordered = sorted(keys.itertuples(), key=lambda r: (rank.get(r.budget, 99), r.horizon, r.study_version, r.Index))
+    keys = frame.dropna(subset=["study"]).groupby("study")[["budget_group", "horizon", "study_version"]].first()
+    ordered = sorted(keys.itertuples(), key=lambda r: (_budget_rank(str(r.budget_group)), r.horizon, r.study_version, r.Index))
     return [r.Index for r in ordered]
 
 
@@ -177,7 +186,7 @@ def summary_statistics(trials: pd.DataFrame) -> dict[str, object]:
         "trials": len(trials),
         "complete": len(done),
         "failed": int((trials["state"] == "failed").sum()),
-        "incomplete": int((trials["state"] == "incomplete").sum()),
+        "incomplete": int(trials["state"].isin(["incomplete", "running"]).sum()),
         "by_source": trials["source"].fillna("unknown").value_counts().sort_index().to_dict(),
         "complete_by_source": done["source"].fillna("unknown").value_counts().sort_index().to_dict(),
         "n_heads_source": heads_source.value_counts().sort_index().to_dict(),
@@ -186,8 +195,14 @@ def summary_statistics(trials: pd.DataFrame) -> dict[str, object]:
         "median_auc": float(auc.median()) if len(auc) else math.nan,
         "std_auc": float(auc.std(ddof=1)) if len(auc) > 1 else math.nan,
         "train_hours": float(done["train_seconds"].sum() / 3600),
-        "failure_reasons": trials.loc[trials["state"] == "failed", "failure_reason"].fillna("unknown").value_counts().to_dict(),
+        "failure_kinds": _failure_kinds(trials[trials["state"] == "failed"]),
     }
+
+
+def _failure_kinds(failed: pd.DataFrame) -> dict[str, int]:
+    """Failed trials by `failure_kind`, else by their reason's first line (cut at 60 characters)."""
+    reasons = failed["failure_reason"].fillna("unknown").map(lambda r: str(r).strip().splitlines()[0][:60] if str(r).strip() else "unknown")
+    return failed["failure_kind"].where(failed["failure_kind"].notna(), reasons).value_counts().to_dict()
 
 
 def best_trial(trials: pd.DataFrame) -> pd.Series | None:
@@ -195,8 +210,10 @@ def best_trial(trials: pd.DataFrame) -> pd.Series | None:
     done = trials[trials["complete"]]
     if done.empty:
         return None
-    ranked = done.sort_values(["val_auc", "trial_number", "run_id"], ascending=[False, True, True], na_position="last")
-    return ranked.iloc[0]
+    top = done[done["val_auc"] == done["val_auc"].max()]
+    if len(top) > 1:
+        top = top.sort_values(["trial_number", "run_id"], na_position="last")
+    return top.iloc[0]
 
 
 def collapse_flags(trials: pd.DataFrame) -> pd.DataFrame:
@@ -250,15 +267,14 @@ def eta_squared(values: pd.Series, groups: pd.Series) -> float:
     """SS_between / SS_total of `values` grouped by `groups` (rows with a missing group dropped);
     NaN with fewer than two values or no variance."""
     keep = groups.notna() & values.notna()
-    values, groups = values[keep].astype(float), groups[keep]
-    if len(values) < 2:
+    y, g = values[keep].to_numpy(dtype=float), groups[keep].to_numpy()
+    if len(y) < 2:
         return math.nan
-    total = float(((values - values.mean()) ** 2).sum())
+    total = float(((y - y.mean()) ** 2).sum())
     if total <= 0:
         return math.nan
-    by_group = values.groupby(groups)
-    between = float((by_group.count() * (by_group.mean() - values.mean()) ** 2).sum())
-    return between / total
+    between = sum(len(y[g == v]) * (y[g == v].mean() - y.mean()) ** 2 for v in np.unique(g))
+    return float(between) / total
 
 
 def parameter_importance(trials: pd.DataFrame, params: tuple[str, ...] = TUNED_PARAMS) -> pd.DataFrame:
@@ -298,8 +314,12 @@ class Trend:
 def value_table(trials: pd.DataFrame, param: str) -> pd.DataFrame:
     """Mean, std (ddof 1; NaN for one trial) and count of val AUC per value of `param`."""
     done = trials[trials["complete"] & trials[param].notna()]
-    grouped = done.groupby(param)["val_auc"].agg(["mean", "std", "count"])
-    return grouped.rename_axis("value").reset_index().sort_values("value").reset_index(drop=True)
+    values, auc = done[param].to_numpy(dtype=float), done["val_auc"].to_numpy(dtype=float)
+    rows = []
+    for value in np.unique(values):
+        group = auc[values == value]
+        rows.append((value, group.mean(), group.std(ddof=1) if len(group) > 1 else math.nan, len(group)))
+    return pd.DataFrame(rows, columns=["value", "mean", "std", "count"])
 
 
 def parameter_trend(trials: pd.DataFrame, param: str) -> Trend:
@@ -342,12 +362,10 @@ class Coverage:
     feasible: pd.DataFrame | None  # bool: whether the grid has an architecture in the cell
 
     def untried(self) -> list[tuple[float, float]]:
-        cells = []
-        for r in self.counts.index:
-            for c in self.counts.columns:
-                if self.counts.loc[r, c] == 0 and (self.feasible is None or self.feasible.loc[r, c]):
-                    cells.append((r, c))
-        return cells
+        counts = self.counts.to_numpy()
+        feasible = np.ones_like(counts, dtype=bool) if self.feasible is None else self.feasible.to_numpy(dtype=bool)
+        rows, cols = np.nonzero((counts == 0) & feasible)
+        return [(float(self.counts.index[i]), float(self.counts.columns[j])) for i, j in zip(rows, cols)]
 
 
 def coverage(trials: pd.DataFrame, row: str, col: str, budget: str | None = None,
@@ -358,9 +376,8 @@ def coverage(trials: pd.DataFrame, row: str, col: str, budget: str | None = None
     known = {**search_values(search), **(grid_values(budget) if budget else {})}
     rows = sorted(set(known.get(row, [])) | set(done[row]))
     cols = sorted(set(known.get(col, [])) | set(done[col]))
-    counts = pd.DataFrame(0, index=rows, columns=cols)
-    if len(done):
-        counts = pd.crosstab(done[row], done[col]).reindex(index=rows, columns=cols, fill_value=0).astype(int)
+    seen = Counter(zip(done[row].to_numpy(dtype=float), done[col].to_numpy(dtype=float)))
+    counts = pd.DataFrame([[seen.get((r, c), 0) for c in cols] for r in rows], index=rows, columns=cols, dtype=int)
     counts.index.name, counts.columns.name = row, col
     feasible = None
     if budget in BUDGETS and row in ARCH_PARAMS and col in ARCH_PARAMS:
@@ -405,8 +422,10 @@ class Gaps:
     untried_values: dict[str, list[float]]  # per parameter, grid/search values with no complete trial
     archs_total: int
     archs_tried: int
+    untried_archs: list[int]  # arch_idx of the grid's architectures without a complete trial
     untried_cells: list[tuple[float, float, list[int]]]  # (d_model, n_layers, arch_idx in that cell)
     untried_hparam_cells: list[tuple[float, float]]  # (learning_rate, dropout)
+    hparam_cells: int
 
 
 def gaps(trials: pd.DataFrame, budget: str, search: SearchSpace = SearchSpace()) -> Gaps:
@@ -424,13 +443,16 @@ def gaps(trials: pd.DataFrame, budget: str, search: SearchSpace = SearchSpace())
     layer_cov = coverage(trials, "d_model", "n_layers", budget, search)
     untried_cells = [(r, c, cells[(r, c)]) for r, c in layer_cov.untried() if (r, c) in cells]
     hparam_cov = coverage(trials, "learning_rate", "dropout", None, search)
-    return Gaps(CURRENT_GRID_VERSION, untried_values, len(archs), len(tried), untried_cells, hparam_cov.untried())
+    untried_archs = [a.arch_idx for a in archs if a not in tried]
+    return Gaps(CURRENT_GRID_VERSION, untried_values, len(archs), len(tried), untried_archs, untried_cells,
+                hparam_cov.untried(), hparam_cov.counts.size)  # fmt: skip
 
 
 @dataclass
 class StudyAnalysis:
     name: str
-    budget: str
+    budget: str  # the grid's budget (`smoke` for a smoke stand-in)
+    group: str  # the budget it is compared as (`smoke-20M` for a smoke stand-in of 20M)
     horizon: int
     version: int
     summary: dict[str, object]
@@ -454,6 +476,7 @@ def analyse_study(frame: pd.DataFrame, study: str, search: SearchSpace = SearchS
     return StudyAnalysis(
         name=study,
         budget=budget,
+        group=str(first["budget_group"]),
         horizon=int(first["horizon"]) if not math.isnan(first["horizon"]) else -1,
         version=int(first["study_version"]),
         summary=summary_statistics(trials),
@@ -578,7 +601,7 @@ def budget_bests(frame: pd.DataFrame, horizon: int, budgets: list[str]) -> list[
     top_base = base.sort_values(["val_auc", "run_id"], ascending=[False, True]).iloc[0] if len(base) else None
     rows = []
     for budget in budgets:
-        trials = trials_of(at[at["budget"] == budget])
+        trials = trials_of(at[at["budget_group"] == budget])
         best = best_trial(trials)
         interval = None if best is None else auc_interval(best, trials, counts)
         base_interval = comparison = None
@@ -637,7 +660,7 @@ def parameter_consistency(frame: pd.DataFrame, horizon: int, budgets: list[str],
     for p in params:
         best_values, mean_values = {}, {}
         for budget in budgets:
-            trials = at[at["budget"] == budget]
+            trials = at[at["budget_group"] == budget]
             best = best_trial(trials)
             if best is None:
                 continue
@@ -669,7 +692,7 @@ def analyse_horizon(frame: pd.DataFrame, horizon: int, budgets: list[str]) -> Ho
         bests=bests,
         scaling=scaling_verdict(bests),
         consistency=parameter_consistency(frame, horizon, budgets),
-        collapse={b: collapse_summary(trials_of(at[at["budget"] == b])) for b in budgets},
+        collapse={b: collapse_summary(trials_of(at[at["budget_group"] == b])) for b in budgets},
         baselines=base.drop_duplicates("baseline_model"),
     )
 
@@ -708,7 +731,7 @@ def check_n_heads(frame: pd.DataFrame) -> Check:
 
 
 def _layers_check(frame: pd.DataFrame, budget: str, layers: tuple[int, ...], item: str) -> Check:
-    trials = trials_of(frame[frame["budget"] == budget])
+    trials = trials_of(frame[frame["budget_group"] == budget])
     horizons = sorted(int(h) for h in trials["horizon"].dropna().unique())
     if not horizons:
         return Check(item, "fail", f"no {budget} trial runs in MLflow")
@@ -729,7 +752,7 @@ def _layers_check(frame: pd.DataFrame, budget: str, layers: tuple[int, ...], ite
 
 def check_reruns(frame: pd.DataFrame, target: int = RERUN_TRIALS) -> Check:
     item = f"20M_h1/h3 re-runs have {target} complete trials each"
-    trials = trials_of(frame[frame["budget"] == "20M"])
+    trials = trials_of(frame[frame["budget_group"] == "20M"])
     details, ok = [], True
     for h in (1, 3):
         at = trials[trials["horizon"] == h]
@@ -802,12 +825,16 @@ class CampaignAnalysis:
 
 
 def analyse_campaign(runs: pd.DataFrame, search: SearchSpace = SearchSpace(), rerun_target: int = RERUN_TRIALS) -> CampaignAnalysis:
-    """Everything the report shows. Budgets are every known budget but `smoke` (listed only when it
-    has runs), so a budget without runs shows up as such."""
+    """Everything the report shows. The cross-budget tables list every real budget (2M to 2B), so a
+    budget without runs shows up as such, plus any other budget group with runs (`smoke`, smoke
+    stand-ins like `smoke-20M`); a store of smoke studies only lists just those."""
     frame = normalise_runs(runs)
     frame = frame[frame["run_kind"].isin(["study", "trial", "baseline"])]
-    with_trials = set(trials_of(frame)["budget"].dropna())
-    budgets = budget_order([b for b in BUDGETS if b != "smoke"] + sorted(set(frame["budget"].dropna())))
+    with_trials = set(trials_of(frame)["budget_group"].dropna())
+    present = set(frame["budget_group"].dropna())
+    real = [b for b in BUDGETS if b != "smoke"]
+    real = real if present & set(real) or not present else []
+    budgets = budget_order(real + sorted(present))
     horizons = sorted(int(h) for h in frame.loc[frame["run_kind"] != "study", "horizon"].dropna().unique())
     study_names = [s for s in studies_in_order(frame) if (trials_of(frame)["study"] == s).any()]
     return CampaignAnalysis(

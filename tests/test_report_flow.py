@@ -1,0 +1,102 @@
+"""The `report` Prefect flow and `hpo report` end to end on a small MLflow store: files written,
+the report logged to MLflow, the markdown and table artifacts in Prefect."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from models.arch_grid import forced_extremes, get_architectures_for_budget
+from schemas.config import StoreConfig
+from tasks.tracking import mlflow_client
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_report import baseline, fill_store, no_fsync, trial  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def harness(request):
+    """The session's Prefect harness when conftest provides one, else one for this module."""
+    try:
+        request.getfixturevalue("prefect_harness")
+    except pytest.FixtureLookupError:
+        from prefect.testing.utilities import prefect_test_harness
+
+        with prefect_test_harness(server_startup_timeout=180):
+            yield
+        return
+    yield
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> StoreConfig:
+    """A smoke stand-in study (the shape `hpo run --smoke` leaves) with its extremes, a failed
+    trial and a baseline."""
+    stores = StoreConfig(root=tmp_path_factory.mktemp("flow") / "mlruns")
+    grid = get_architectures_for_budget("smoke")
+    specs = [trial("smoke-20M_h1", n, arch, auc=0.55 + 0.01 * n, extreme=extreme)
+             for n, (extreme, arch) in enumerate(forced_extremes(grid))]  # fmt: skip
+    specs.append(trial("smoke-20M_h1", 6, grid[0], state="failed", failure_reason="diverged"))
+    specs.append(baseline("smoke-20M_h1", "logreg", 0.70, 0.69, val_n_pos=300, val_n_neg=500))
+    for spec in specs:  # the stand-in's runs carry the smoke budget, as the study driver logs them
+        spec["params"]["budget"] = spec["tags"]["budget"] = "smoke"
+    with no_fsync():
+        fill_store(stores, specs)
+    return stores
+
+
+def latest_artifact(key: str):
+    """The newest Prefect artifact with this key. (`Artifact.get` sends nulls that this Prefect
+    server rejects with a 422, so every filter field is given.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), flow_run_filter=FlowRunFilter(),
+            task_run_filter=TaskRunFilter(), sort=ArtifactSort.UPDATED_DESC, limit=1, offset=0,
+        )  # fmt: skip
+    return found[0] if found else None
+
+
+def test_report_flow_writes_logs_and_publishes(harness, small_store, tmp_path):
+    from flows.report import MARKDOWN_KEY, TABLE_KEY, report
+
+    files = report(stores=small_store, out=tmp_path / "reports")
+
+    text = files.markdown.read_text()
+    assert "## Study smoke-20M_h1" in text and "Budget smoke-20M (the smoke grid standing in for 20M)" in text
+    assert "| smoke-20M | 6/7 | 0.6000 |" in text  # the best-per-budget row of the stand-in
+    assert "| 2M |" not in text and "Budgets without trial runs" not in text  # a smoke-only store: no real budgets
+    assert files.html.exists() and (tmp_path / "reports" / "figures" / "auc_vs_params.png").exists()
+
+    client = mlflow_client(small_store)
+    logged = {a.path for a in client.list_artifacts(files.mlflow_run_id)}
+    assert {"report.md", "report.html", "runs.csv", "figures"} <= logged
+
+    markdown = latest_artifact(MARKDOWN_KEY)
+    assert markdown is not None and markdown.data.startswith("# Cross-budget HPO report") and "![" not in markdown.data
+    table = latest_artifact(TABLE_KEY)
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert rows == [{
+        "horizon": "h1", "budget": "smoke-20M", "complete": 6, "best_val_auc": 0.6,
+        "ci_low": rows[0]["ci_low"], "ci_high": rows[0]["ci_high"], "ci_method": "Hanley-McNeil",
+        "trial": "smoke-20M_h1 #5 (hpo)", **{k: rows[0][k] for k in ("d_model", "n_layers", "n_heads", "d_ff_ratio")},
+        "learning_rate": 5e-05, "dropout": 0.3, "weight_decay": 1e-05,
+        "best_baseline": "logreg 0.7000", "vs_baseline": "lower",
+    }]  # fmt: skip
+    assert rows[0]["ci_low"] < 0.6 < rows[0]["ci_high"]
+
+
+def test_cli_report_help_lists_its_options():
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["report", "--help"])
+    assert result.exit_code == 0
+    for option in ("--out", "--root", "--tracking-uri"):
+        assert option in result.output
