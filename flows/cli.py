@@ -22,18 +22,37 @@ StoreRoot = Annotated[Path, typer.Option("--root", help="folder of the embedded 
 DataSource = Annotated[str, typer.Option("--data", help="'bundled' or a CSV/Parquet path")]
 
 
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="JSON file of an HpoConfig (data, train, search, study, stores); flags override it")
+]
+
+
+def load_config_file(path: Path | None) -> HpoConfig:
+    if path is None:
+        return HpoConfig()
+    try:
+        return HpoConfig.model_validate_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"{path}: {exc}", param_hint="--config") from exc
+
+
 def build_config(
-    root: Path = Path("mlruns"),
-    data: str = "bundled",
+    root: Path | None = None,
+    data: str | None = None,
     storage: str | None = None,
     tracking_uri: str | None = None,
+    config_file: Path | None = None,
     **study: object,
 ) -> HpoConfig:
-    base = HpoConfig()
-    return HpoConfig(
-        data=DataConfig(source=data),
-        stores=StoreConfig(root=root, optuna_storage=storage, mlflow_tracking_uri=tracking_uri),
-        study=base.study.model_copy(update={k: v for k, v in study.items() if v is not None}),
+    """The config file (or the defaults), then the flags that were given."""
+    base = load_config_file(config_file)
+    stores = {"root": root, "optuna_storage": storage, "mlflow_tracking_uri": tracking_uri}
+    return base.model_copy(
+        update={
+            "data": base.data.model_copy(update={"source": data}) if data else base.data,
+            "stores": base.stores.model_copy(update={k: v for k, v in stores.items() if v is not None}),
+            "study": base.study.model_copy(update={k: v for k, v in study.items() if v is not None}),
+        }
     )
 
 
@@ -138,7 +157,7 @@ def _configure_logging() -> None:
 def run(
     budget: Annotated[str, typer.Argument(help="smoke, 2M, 20M, 200M or 2B")],
     horizons: Annotated[list[str], typer.Argument(help="one or more of h1 h3 h5, run in this order")],
-    trials: Annotated[int, typer.Option("--trials", help="completed trials the study ends with")] = 50,
+    trials: Annotated[int | None, typer.Option("--trials", help="completed trials the study ends with (default 50)")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (PostgreSQL for several workers)")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="start a new version of the study; the old one is kept")] = False,
@@ -146,17 +165,18 @@ def run(
     timeout_hours: Annotated[float | None, typer.Option(help="stop cleanly after this long; rerun to continue")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="epochs per trial (default 50, early stopping)")] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="smoke budget, one short epoch, at most 8 trials")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    data: DataSource = "bundled",
-    root: StoreRoot = Path("mlruns"),
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="'bundled' or a CSV/Parquet path")] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="folder of the embedded SQLite stores (default mlruns)")] = None,
+    config_file: ConfigFile = None,
 ) -> None:
     """Run (or resume) the studies BUDGET_hH, one after another, as the Prefect `hpo` flow."""
     from flows.hpo import hpo_flow
     from tasks.progress import live_progress
     from tasks.study import optuna_storage, resolve_study_name
 
-    base = build_config(root, data, storage, tracking_uri, n_trials=trials, timeout_hours=timeout_hours)
-    train_update = {"device": device} | ({"max_epochs": max_epochs} if max_epochs else {})
+    base = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, timeout_hours=timeout_hours)
+    train_update = {k: v for k, v in {"device": device, "max_epochs": max_epochs}.items() if v is not None}
     config = base.model_copy(update={"train": base.train.model_copy(update=train_update)})
     try:
         specs = [StudySpec(budget=budget, horizon=h, version=version, fresh=fresh) for h in horizons]

@@ -241,6 +241,7 @@ def train_model(
     config: TrainConfig,
     window: int,
     on_epoch: EpochCallback | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[TrainResult, dict[str, torch.Tensor]]:
     """Train with early stopping on val AUC; return the result and the best epoch's weights (CPU).
 
@@ -248,7 +249,7 @@ def train_model(
     """
     device = resolve_device(config.device)
     try:
-        return _train(data, arch, hparams, config, window, device, on_epoch)
+        return _train(data, arch, hparams, config, window, device, on_epoch, on_step)
     except torch.OutOfMemoryError as exc:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -258,7 +259,7 @@ def train_model(
         ) from exc
 
 
-def _train(data, arch, hparams, config, window, device, on_epoch):
+def _train(data, arch, hparams, config, window, device, on_epoch, on_step=None):
     dev = data if isinstance(data, DeviceData) else DeviceData.from_prepared(data, device)
     batch_size = resolve_batch_size(config, arch, hparams, window, dev, device)  # before seeding: probes use RNG
     torch.manual_seed(config.seed)
@@ -292,6 +293,8 @@ def _train(data, arch, hparams, config, window, device, on_epoch):
             loss_sum += loss * len(idx)
             samples_seen += len(idx)
             step += 1
+            if on_step:
+                on_step(epoch, step)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - started

@@ -36,6 +36,11 @@ def injected_fault(trial_number: int) -> str | None:
     return faults.get(str(trial_number))
 
 
+# Within an epoch the trial says it is alive at most this often: a 2B epoch can take an hour,
+# and the driver must tell a slow epoch from a hung kernel (its stall timeout).
+ALIVE_EVERY_S = 10.0
+
+
 def _train(request: TrialRequest) -> int:
     import torch
 
@@ -49,6 +54,7 @@ def _train(request: TrialRequest) -> int:
     if fault == "hang":
         time.sleep(10**6)
     data = PreparedData.load(request.dataset_path)
+    emit("ready")
     if fault == "nan":
         data.features[:] = float("nan")  # the real divergence check must catch it
     arch = Architecture(**request.arch.model_dump())
@@ -58,6 +64,14 @@ def _train(request: TrialRequest) -> int:
             raise torch.OutOfMemoryError("CUDA out of memory (injected by HPO_INJECT_FAULTS)")
         emit("epoch", **metrics)
 
+    last_alive = time.monotonic()
+
+    def on_step(epoch: int, step: int) -> None:
+        nonlocal last_alive
+        if time.monotonic() - last_alive >= ALIVE_EVERY_S:
+            last_alive = time.monotonic()
+            emit("alive", epoch=epoch, step=step)
+
     try:
         result, state = train_model(
             data,
@@ -66,6 +80,7 @@ def _train(request: TrialRequest) -> int:
             request.train,
             request.window,
             on_epoch=on_epoch,
+            on_step=on_step,
         )
     except TrialFailure as failure:
         emit("failed", kind=failure.kind, reason=str(failure))
@@ -94,6 +109,7 @@ def _evaluate(request: TrialRequest) -> int:
 
 def main(argv: list[str]) -> int:
     die_with_parent()
+    emit("started", pid=os.getpid())
     request = TrialRequest.model_validate_json(Path(argv[1]).read_text())
     if request.threads:
         import torch

@@ -23,12 +23,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server and database for the whole session (starting one is slow)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
 @pytest.fixture
 def smoke_config(tmp_path: Path) -> HpoConfig:
     """The smoke path: real data, real stores (SQLite under tmp_path), a few short epochs."""
     return HpoConfig(
         data=DataConfig(),
-        train=TrainConfig(max_epochs=2, max_batches_per_epoch=8, batch_size=128, warmup_steps=5, device="cpu"),
+        train=TrainConfig(max_epochs=1, max_batches_per_epoch=4, batch_size=64, warmup_steps=2, device="cpu"),
         study=StudyConfig(n_trials=8, heartbeat_interval_s=1, heartbeat_grace_s=4),
         stores=StoreConfig(root=tmp_path / "mlruns"),
     )

@@ -1,0 +1,107 @@
+"""The `campaign` flow: the user's plan, stage by stage, resumable.
+
+1. 20M_h5 to its 50 trials;
+2. 200M_h1/h3/h5 and 2B_h1/h3/h5;
+3. fresh re-runs of 20M_h1 and 20M_h3 (version 2; the old partial studies are kept), optionally
+   20M_h5 version 2 for L=160/180 coverage;
+4. supplemental plans, if asked for;
+5. the cross-budget report.
+
+Versions are explicit (`20M_h1_v2`), so running the campaign again resumes the same studies and
+skips the complete ones instead of starting new ones. A stage starts only when the one before it
+completed; a failed stage stops the campaign with the stage named in the error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.hpo import study_flow
+from schemas.config import HpoConfig, StudySpec
+
+
+def campaign_stages(rerun_20m_h5: bool = False) -> list[tuple[str, list[str]]]:
+    reruns = ["20M_h1_v2", "20M_h3_v2"] + (["20M_h5_v2"] if rerun_20m_h5 else [])
+    return [
+        ("20M_h5", ["20M_h5"]),
+        ("200M and 2B", ["200M_h1", "200M_h3", "200M_h5", "2B_h1", "2B_h3", "2B_h5"]),
+        ("20M re-runs", reruns),
+    ]
+
+
+def assign_devices(studies: list[str], devices: list[str]) -> dict[str, list[str]]:
+    """Round-robin studies over devices; each device runs its studies one after another."""
+    lanes: dict[str, list[str]] = {device: [] for device in devices}
+    for i, name in enumerate(studies):
+        lanes[devices[i % len(devices)]].append(name)
+    return {device: names for device, names in lanes.items() if names}
+
+
+def available_devices(config: HpoConfig) -> list[str]:
+    """One lane per visible GPU when training on CUDA with device 'auto'; otherwise one lane."""
+    if config.train.device != "auto":
+        return [config.train.device]
+    import torch
+
+    count = torch.cuda.device_count()
+    return [f"cuda:{i}" for i in range(count)] if count > 1 else ["auto"]
+
+
+@task(name="device-lane", cache_policy=NONE)
+def run_lane(specs: list[StudySpec], config: HpoConfig, device: str) -> list[dict]:
+    """The studies assigned to one GPU, in order."""
+    on_device = config.model_copy(update={"train": config.train.model_copy(update={"device": device})})
+    return [study_flow.with_options(flow_run_name=spec.base_name)(spec, on_device) for spec in specs]
+
+
+def run_stage(label: str, names: list[str], config: HpoConfig, smoke: bool) -> list[dict]:
+    specs = [StudySpec.parse(name) for name in names]
+    if smoke:
+        specs = [spec.as_smoke() for spec in specs]
+    devices = available_devices(config)
+    if len(devices) == 1:
+        return [study_flow.with_options(flow_run_name=spec.base_name)(spec, config) for spec in specs]
+    by_name = {spec.base_name + (f"_v{spec.version}" if spec.version else ""): spec for spec in specs}
+    lanes = assign_devices(list(by_name), devices)
+    futures = [run_lane.submit([by_name[n] for n in names], config, device) for device, names in lanes.items()]
+    return [summary for future in futures for summary in future.result()]
+
+
+@flow(name="campaign", task_runner=ThreadPoolTaskRunner(max_workers=16))
+def campaign_flow(
+    config: HpoConfig = HpoConfig(),
+    smoke: bool = False,
+    rerun_20m_h5: bool = False,
+    supplemental: list[str] = [],  # noqa: B006 - Prefect parameters must be JSON defaults
+    report: bool = True,
+    report_dir: Path = Path("reports"),
+) -> dict:
+    """Run the campaign's stages in order; rerun it to resume."""
+    from flows.supplemental import supplemental_flow
+
+    if smoke:
+        config = config.smoke()
+    summaries: dict[str, list[dict]] = {}
+    for label, names in campaign_stages(rerun_20m_h5):
+        try:
+            summaries[label] = run_stage(label, names, config, smoke)
+        except Exception as exc:
+            raise RuntimeError(f"campaign stopped in stage '{label}': {exc}; fix the cause and run the campaign again to resume") from exc
+        unfinished = [s["study"] for s in summaries[label] if s.get("state") != "complete"]
+        if unfinished:
+            raise RuntimeError(
+                f"campaign stopped after stage '{label}': {', '.join(unfinished)} not complete "
+                "(timeout or stopped); run the campaign again to resume"
+            )
+    for plan in supplemental:
+        summaries[f"supplemental {plan}"] = supplemental_flow(plan=plan, config=config, smoke=smoke)
+    if report:
+        from flows.report import report as report_flow
+
+        files = report_flow(stores=config.stores, search=config.search, out=report_dir)
+        summaries["report"] = {"markdown": str(files.markdown), "html": str(files.html)} if files else None
+    return summaries

@@ -1,0 +1,257 @@
+"""Studies end to end on the smoke budget: real data, real stores, real trial processes.
+
+Faults are real too: a SIGKILL of the whole worker process group, a NaN loss, a crashing or hung
+trial process, and two workers racing on one study through PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from models.arch_grid import forced_extremes, get_architectures_for_budget
+from schemas import tracking as T
+from schemas.config import HpoConfig, StoreConfig, StudyConfig, StudySpec
+from schemas.trial import FAULT_ENV
+from tasks.study import open_study, optuna_storage, run_study
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def trial_runs(stores: StoreConfig, study: str, status: str | None = None):
+    client = MlflowClient(stores.mlflow_uri)
+    experiment = client.get_experiment_by_name(study)
+    query = f"tags.{T.TAG_RUN_KIND} = 'trial'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    return client.search_runs([experiment.experiment_id], query, max_results=1000)
+
+
+def load_trials(stores: StoreConfig, study: str):
+    return optuna.load_study(study_name=study, storage=stores.optuna_url).get_trials(deepcopy=False)
+
+
+def assert_exactly_complete(stores: StoreConfig, study: str, n_trials: int) -> None:
+    """Exactly n complete trials, each with exactly one FINISHED MLflow run, and no other
+    FINISHED trial run in the experiment."""
+    trials = load_trials(stores, study)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == n_trials
+    finished = trial_runs(stores, study, "FINISHED")
+    assert sorted(r.info.run_id for r in finished) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoConfig, prefect_harness):
+    from flows.hpo import hpo_flow
+
+    summaries = hpo_flow(studies=["smoke_h1"], config=smoke_config)
+
+    assert summaries[0]["state"] == "complete" and summaries[0]["complete"] == 8
+    assert 0.0 <= summaries[0]["best_test_auc"] <= 1.0
+    runs = trial_runs(smoke_config.stores, "smoke_h1")
+    assert len(runs) == 8
+    grid = get_architectures_for_budget("smoke")
+    by_number = {int(r.data.tags[T.TAG_TRIAL_NUMBER]): r for r in runs}
+    for run in runs:
+        assert set(T.TRIAL_PARAMS) <= set(run.data.params), "every param is logged, n_heads included"
+        arch = grid[int(run.data.params["arch_idx"])]
+        assert int(run.data.params["n_heads"]) == arch.n_heads
+        assert int(run.data.params["params"]) == arch.params
+        assert {"val_auc", "pred_range", "recall", "epochs", "train_seconds", "samples_per_s"} <= set(run.data.metrics)
+        assert run.data.tags[T.TAG_STATE] == "complete" and run.data.tags[T.TAG_SOURCE] == "hpo"
+        assert run.info.run_name == f"smoke_h1 #{run.data.tags[T.TAG_TRIAL_NUMBER]}"
+    for number, (extreme, arch) in enumerate(forced_extremes(grid)):
+        run = by_number[number]
+        assert run.data.tags[T.TAG_EXTREME_TYPE] == extreme
+        assert int(run.data.params["arch_idx"]) == arch.arch_idx
+    assert {by_number[n].data.tags[T.TAG_EXTREME_TYPE] for n in (6, 7)} == {"none"}
+    client = MlflowClient(smoke_config.stores.mlflow_uri)
+    history = client.get_metric_history(by_number[0].info.run_id, "val/auc")
+    assert [m.step for m in history] == [1]
+
+    # The study run holds the best trial's test AUC and weights.
+    parent = client.get_run(by_number[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_test_auc"] == pytest.approx(summaries[0]["best_test_auc"])
+    assert client.list_artifacts(parent.info.run_id, "best_model")
+
+    # Running it again trains nothing: the study already has its trials.
+    again = hpo_flow(studies=["smoke_h1"], config=smoke_config)
+    assert again[0]["complete"] == 8
+    assert len(trial_runs(smoke_config.stores, "smoke_h1")) == 8
+
+
+def test_diverged_oom_and_crashed_trials_fail_with_reason_and_study_completes(smoke_config, monkeypatch):
+    config = smoke_config.model_copy(update={"study": smoke_config.study.model_copy(update={"n_trials": 4})})
+    monkeypatch.setenv(FAULT_ENV, json.dumps({"1": "nan", "2": "oom", "3": "crash"}))
+
+    summary = run_study(StudySpec(budget="smoke", horizon=3), config)
+
+    assert summary["complete"] == 4 and summary["failed"] == 3
+    trials = {t.number: t for t in load_trials(config.stores, "smoke_h3")}
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["failure_kind"] == "diverged"
+    assert "epoch 1" in trials[1].user_attrs["failure_reason"]
+    assert trials[2].user_attrs["failure_kind"] == "oom"
+    assert trials[3].user_attrs["failure_kind"] == "crashed" and "status 139" in trials[3].user_attrs["failure_reason"]
+    failed = trial_runs(config.stores, "smoke_h3", "FAILED")
+    assert {r.data.tags[T.TAG_FAILURE_KIND] for r in failed} == {"diverged", "oom", "crashed"}
+    assert all(r.data.tags[T.TAG_FAILURE_REASON] for r in failed)
+    assert_exactly_complete(config.stores, "smoke_h3", 4)
+
+
+def test_hung_trial_is_killed_and_failed(smoke_config, monkeypatch):
+    # 20 s: long enough for a healthy trial process to start on a loaded 2-core machine
+    study = smoke_config.study.model_copy(update={"n_trials": 1, "stall_timeout_s": 20, "max_failed_trials": 2})
+    config = smoke_config.model_copy(update={"study": study})
+    monkeypatch.setenv(FAULT_ENV, json.dumps({"0": "hang"}))
+
+    summary = run_study(StudySpec(budget="smoke", horizon=5), config)
+
+    trials = load_trials(config.stores, "smoke_h5")
+    assert trials[0].user_attrs["failure_kind"] == "hung"
+    assert summary["complete"] == 1
+
+
+def test_failure_limit_stops_the_run_and_resume_continues(smoke_config, monkeypatch):
+    from tasks.study import StudyStopped
+
+    study = smoke_config.study.model_copy(update={"n_trials": 2, "max_failed_trials": 1})
+    config = smoke_config.model_copy(update={"study": study})
+    monkeypatch.setenv(FAULT_ENV, json.dumps({"0": "nan"}))
+    with pytest.raises(StudyStopped, match="1 trials failed"):
+        run_study(StudySpec(budget="smoke", horizon=1), config)
+    monkeypatch.delenv(FAULT_ENV)
+    assert run_study(StudySpec(budget="smoke", horizon=1), config)["complete"] == 2
+
+
+def test_timeout_stops_cleanly_and_rerun_continues(smoke_config):
+    study = smoke_config.study.model_copy(update={"n_trials": 3, "timeout_hours": 1e-6})
+    config = smoke_config.model_copy(update={"study": study})
+    first = run_study(StudySpec(budget="smoke", horizon=1), config)
+    assert first["state"] == "stopped" and "timeout" in first["reason"]
+    assert first["complete"] < 3
+
+    no_timeout = config.model_copy(update={"study": study.model_copy(update={"timeout_hours": None})})
+    assert run_study(StudySpec(budget="smoke", horizon=1), no_timeout)["complete"] == 3
+    assert_exactly_complete(config.stores, "smoke_h1", 3)
+
+
+def test_fresh_rerun_is_a_new_version_and_keeps_the_old(smoke_config):
+    config = smoke_config.model_copy(update={"study": smoke_config.study.model_copy(update={"n_trials": 1})})
+    run_study(StudySpec(budget="smoke", horizon=1), config)
+    handle = open_study(StudySpec(budget="smoke", horizon=1, fresh=True), config)
+    assert handle.name == "smoke_h1_v2" and handle.version == 2
+    names = {s.study_name for s in optuna.get_all_study_summaries(config.stores.optuna_url)}
+    assert names == {"smoke_h1", "smoke_h1_v2"}
+    # without --fresh, the latest version is resumed
+    assert open_study(StudySpec(budget="smoke", horizon=1), config).name == "smoke_h1_v2"
+
+
+def _hpo_command(config: HpoConfig, tmp_path: Path, trials: int, *extra: str) -> list[str]:
+    """`hpo run smoke h1` as a user types it, with the test's small config in a --config file."""
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config.model_dump_json())
+    return [sys.executable, "-m", "flows.cli", "run", "smoke", "h1", "--trials", str(trials),
+            "--config", str(config_file), *extra]
+
+
+def _worker_env(tmp_path: Path) -> dict[str, str]:
+    return dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PYTHONUNBUFFERED="1")
+
+
+def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n_trials(smoke_config, tmp_path):
+    stores = smoke_config.stores
+    env = _worker_env(tmp_path)
+    command = _hpo_command(smoke_config, tmp_path, 3)
+    worker = subprocess.Popen(
+        command, cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        # wait until a trial is running (its MLflow run exists and it is RUNNING in Optuna)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                trials = load_trials(stores, "smoke_h1")
+            except Exception:  # noqa: BLE001 - the study may not exist yet
+                trials = []
+            if any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("no trial started within 240 s")
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # the whole worker: driver, trial process, Prefect server
+        worker.wait()
+    killed = [t for t in load_trials(stores, "smoke_h1") if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+
+    assert_exactly_complete(stores, "smoke_h1", 3)
+    trials = {t.number: t for t in load_trials(stores, "smoke_h1")}
+    dead = trials[killed[0].number]
+    assert dead.state == TrialState.FAIL
+    client = MlflowClient(stores.mlflow_uri)
+    dead_run = client.get_run(dead.user_attrs["mlflow_run_id"])
+    assert dead_run.info.status == "FAILED" and dead_run.data.tags[T.TAG_FAILURE_KIND] == "worker_lost"
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].params == dead.params
+
+
+def _postgres_database(name: str) -> str | None:
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
+    except Exception:  # noqa: BLE001
+        return None
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+
+
+@pytest.mark.postgres
+def test_two_workers_on_one_postgres_study(smoke_config, tmp_path):
+    suffix = uuid.uuid4().hex[:8]
+    optuna_url, mlflow_url = _postgres_database(f"hpo_optuna_{suffix}"), _postgres_database(f"hpo_mlflow_{suffix}")
+    if optuna_url is None:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+    n_trials = 8
+    command = _hpo_command(smoke_config, tmp_path, n_trials, "--storage", optuna_url, "--tracking-uri", mlflow_url)
+    env = _worker_env(tmp_path)
+    # create the stores' schemas once, so the two workers race on the study, not on migrations
+    stores = smoke_config.stores.model_copy(update={"optuna_storage": optuna_url, "mlflow_tracking_uri": mlflow_url})
+    optuna_storage(stores)
+    MlflowClient(mlflow_url).search_experiments()
+    workers = [
+        subprocess.Popen(command, cwd=REPO, env={**env, "PREFECT_HOME": str(tmp_path / f"prefect{i}")},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+
+    assert_exactly_complete(stores, "smoke_h1", n_trials)
+    trials = load_trials(stores, "smoke_h1")
+    extremes = [t.user_attrs["extreme_type"] for t in trials if "extreme_type" in t.user_attrs]
+    assert sorted(extremes) == sorted(e for e, _ in forced_extremes(get_architectures_for_budget("smoke")))
+    # both workers did work
+    assert all("Trial " in out for out in outputs)
