@@ -244,5 +244,86 @@ def report(
     console.print(f"report: {files.markdown} and {files.html} ({len(files.figures)} figures); MLflow run {files.mlflow_run_id}")
 
 
+Storage = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (PostgreSQL for several workers)")]
+TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI")]
+Root = Annotated[Path | None, typer.Option("--root", help="folder of the embedded SQLite stores (default mlruns)")]
+Smoke = Annotated[bool, typer.Option("--smoke", help="smoke budget, one short epoch, at most 8 trials per study")]
+
+
+@app.command()
+def campaign(
+    smoke: Smoke = False,
+    rerun_20m_h5: Annotated[bool, typer.Option("--rerun-20m-h5", help="also re-run 20M_h5 (v2) for L=160/180")] = False,
+    supplemental: Annotated[list[str] | None, typer.Option("--supplemental", help="plans to run after the studies: 2M-L64, 20M-h5-L160-180")] = None,
+    report: Annotated[bool, typer.Option(help="write the cross-budget report at the end")] = True,
+    report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports"),
+    trials: Annotated[int | None, typer.Option("--trials", help="completed trials per study (default 50)")] = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+    root: Root = None,
+    data: Annotated[str | None, typer.Option("--data", help="'bundled' or a CSV/Parquet path")] = None,
+    config_file: ConfigFile = None,
+) -> None:
+    """The whole plan, stage by stage (20M_h5; 200M and 2B; 20M re-runs; supplemental; report). Rerun to resume."""
+    from flows.campaign import campaign_flow
+    from tasks.progress import live_progress
+
+    config = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials)
+    _configure_logging()
+    console.print(f"campaign{' (smoke)' if smoke else ''}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
+    with live_progress(1 if smoke else config.train.max_epochs, console):
+        result = campaign_flow(
+            config=config, smoke=smoke, rerun_20m_h5=rerun_20m_h5, supplemental=supplemental or [],
+            report=report, report_dir=report_dir,
+        )
+    for stage, summaries in result.items():
+        if stage == "report":
+            if summaries:
+                console.print(f"report: {summaries['markdown']}  and  {summaries['html']}")
+        elif stage.startswith("supplemental"):
+            _print_supplemental(summaries)
+        else:
+            console.rule(stage)
+            _print_summaries(summaries)
+
+
+@app.command(name="supplemental")
+def supplemental_command(
+    plan: Annotated[str, typer.Argument(help="2M-L64 or 20M-h5-L160-180")],
+    smoke: Smoke = False,
+    root: Root = None,
+    tracking_uri: TrackingUri = None,
+    data: Annotated[str | None, typer.Option("--data", help="'bundled' or a CSV/Parquet path")] = None,
+    config_file: ConfigFile = None,
+) -> None:
+    """Run a supplemental plan with the main study's best hyperparameters; out-of-band entries are refused."""
+    from flows.supplemental import supplemental_flow
+
+    config = build_config(root, data, None, tracking_uri, config_file)
+    _configure_logging()
+    try:
+        results = supplemental_flow(plan=plan, config=config, smoke=smoke)
+    except (LookupError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    _print_supplemental(results)
+
+
+def _print_supplemental(results: list[dict]) -> None:
+    table = Table(title="supplemental trials")
+    for column in ("study", "id", "state", "val_auc", "detail"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r["study"], r["id"], r["state"], "" if r["val_auc"] is None else f"{r['val_auc']:.4f}", r["detail"])
+    console.print(table)
+
+
+@app.command()
+def demo(root: Root = None, report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports")) -> None:
+    """The whole campaign on the embedded defaults with the smoke switch, then the report (minutes on a CPU)."""
+    campaign(smoke=True, rerun_20m_h5=False, supplemental=["20M-h5-L160-180"], report=True, report_dir=report_dir,
+             trials=None, storage=None, tracking_uri=None, root=root, data=None, config_file=None)
+
+
 if __name__ == "__main__":
     app()

@@ -7,6 +7,7 @@ from prefect.cache_policies import NONE
 
 from schemas.config import HpoConfig, StudySpec
 from tasks import study as studies
+from tasks.baselines import baselines_task
 from tasks.progress import current_progress
 
 
@@ -33,6 +34,8 @@ def finish_study(handle: studies.StudyHandle) -> dict:
 def study_flow(spec: StudySpec, config: HpoConfig) -> dict:
     """One (budget, horizon) study until it has `n_trials` complete trials (or this run stops)."""
     handle = open_study(spec, config)
+    if config.study.baselines:
+        baselines_task(config, handle.name, spec.horizon)
     progress = current_progress()
     if progress is not None:
         progress.study(handle.name, config.study.n_trials, handle.counts()["complete"])

@@ -6,6 +6,7 @@ frozen, so a config cannot change under a running study.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -96,9 +97,16 @@ class SearchSpace(_Config):
 class StoreConfig(_Config):
     """Where Optuna and MLflow keep their state. Embedded SQLite under `root` by default."""
 
-    root: Path = Path("mlruns")
-    optuna_storage: str | None = Field(None, description="Optuna RDB URL; default sqlite under root")
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite under root")
+    # Environment defaults let every worker of a team share stores without per-run parameters.
+    root: Path = Field(default_factory=lambda: Path(os.environ.get("HPO_ROOT", "mlruns")))
+    optuna_storage: str | None = Field(
+        default_factory=lambda: os.environ.get("HPO_OPTUNA_STORAGE"),
+        description="Optuna RDB URL (env HPO_OPTUNA_STORAGE); default sqlite under root",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default_factory=lambda: os.environ.get("HPO_MLFLOW_TRACKING_URI"),
+        description="MLflow tracking URI (env HPO_MLFLOW_TRACKING_URI); default sqlite under root",
+    )
 
     @property
     def optuna_url(self) -> str:
@@ -130,6 +138,7 @@ class StudyConfig(_Config):
     max_retries: int = Field(2, ge=0, description="re-runs of a trial whose worker died (heartbeat lost)")
     heartbeat_interval_s: int = Field(30, ge=1)
     heartbeat_grace_s: int = Field(120, ge=2, description="a RUNNING trial silent this long is failed and retried")
+    baselines: bool = Field(True, description="fit the linear/tree baselines on the study's data (cached in MLflow)")
     stall_timeout_s: float | None = Field(
         3600, gt=0, description="kill a trial that reports no progress for this long (a hung kernel)"
     )

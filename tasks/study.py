@@ -200,8 +200,10 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
         grid = get_architectures_for_budget(spec.budget, grid_version=grid_version)
 
     parent_run_id = study.user_attrs["mlflow_parent_run_id"]
-    client.update_run(parent_run_id, status="RUNNING")
-    client.set_tag(parent_run_id, "study_state", "running")
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if complete < config.study.n_trials:  # work to do: the study run is running again
+        client.update_run(parent_run_id, status="RUNNING")
+        client.set_tag(parent_run_id, "study_state", "running")
     _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     handle = StudyHandle(
         name=name,
@@ -459,6 +461,11 @@ def finish_study(handle: StudyHandle) -> dict[str, object]:
 
     best = handle.study.best_trial
     summary.update(state="complete", best_trial=best.number, best_val_auc=best.value)
+    recorded = client.get_run(parent).data
+    if recorded.tags.get("study_state") == "complete" and recorded.tags.get("best_trial") == str(best.number):
+        # finished before (a campaign resuming, or a second worker): nothing new to evaluate
+        summary["best_test_auc"] = recorded.metrics.get("best_test_auc")
+        return summary
     checkpoint = handle.checkpoint_dir / f"trial_{best.number}.pt"
     test_auc = None
     if checkpoint.exists():

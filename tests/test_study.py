@@ -57,6 +57,7 @@ def assert_exactly_complete(stores: StoreConfig, study: str, n_trials: int) -> N
 def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoConfig, prefect_harness):
     from flows.hpo import hpo_flow
 
+    smoke_config = smoke_config.model_copy(update={"study": smoke_config.study.model_copy(update={"baselines": True})})
     summaries = hpo_flow(studies=["smoke_h1"], config=smoke_config)
 
     assert summaries[0]["state"] == "complete" and summaries[0]["complete"] == 8
@@ -88,10 +89,16 @@ def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoCo
     assert parent.data.metrics["best_test_auc"] == pytest.approx(summaries[0]["best_test_auc"])
     assert client.list_artifacts(parent.info.run_id, "best_model")
 
+    # The study's baselines sit beside its trials, never counted as trials.
+    experiment = client.get_experiment_by_name("smoke_h1")
+    baselines = client.search_runs([experiment.experiment_id], f"tags.{T.TAG_RUN_KIND} = 'baseline'")
+    assert {r.data.tags[T.TAG_BASELINE_MODEL] for r in baselines} >= {"logreg", "base_rate"}
+
     # Running it again trains nothing: the study already has its trials.
     again = hpo_flow(studies=["smoke_h1"], config=smoke_config)
     assert again[0]["complete"] == 8
     assert len(trial_runs(smoke_config.stores, "smoke_h1")) == 8
+    assert len(client.search_runs([experiment.experiment_id], f"tags.{T.TAG_RUN_KIND} = 'baseline'")) == len(baselines)
 
 
 def test_diverged_oom_and_crashed_trials_fail_with_reason_and_study_completes(smoke_config, monkeypatch):
