@@ -407,7 +407,7 @@ def _bulk_fill(stores: StoreConfig, n_runs: int) -> None:
     store = client._tracking_client.store
     rng = np.random.default_rng(0)
     now = int(time.time() * 1000)
-    with store.ManagedSessionMaker() as session:
+    with store.ManagedSessionMaker(read_only=False) as session:
         for i in range(n_runs):
             study = studies[i % len(studies)]
             budget, horizon = study.split("_h")
