@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from _common import Timer, flops_per_sample, header, load_data, peak_tflops, synchronize
+from _common import Timer, describe_device, flops_per_sample, header, load_data, peak_tflops, synchronize
 from models.arch_grid import BUDGETS, Architecture, get_architectures_for_budget
 from models.transformer import sinusoidal_positions
 from schemas.config import TrainConfig
@@ -172,7 +171,7 @@ def _reference_at(arch, data, batch_size, args, device, flops, peak) -> Measurem
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", choices=BUDGETS, default="smoke")
-    parser.add_argument("--arch-idx", type=int, default=0, help="index into the budget's current grid")
+    parser.add_argument("--arch-idx", default="0", help="index into the budget's current grid, or 'all'")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per path")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator, autotune)")
     parser.add_argument("--batch-size", default="256", help="an integer or 'auto' (largest that fits, ours only)")
@@ -186,28 +185,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-    device = resolve_device(args.device)
-    arch = get_architectures_for_budget(args.budget)[args.arch_idx]
-    data = load_data()
-    flops, peak = flops_per_sample(arch, data.window), peak_tflops(device, args.peak_tflops)
-    print(header(device))
+def measure_architecture(arch, data, batch_size, args, device, peak) -> dict:
+    """Both paths for one architecture, printed as a table; the figures as a dict."""
+    flops = flops_per_sample(arch, data.window)
     print(
-        f"{args.budget} arch_idx={arch.arch_idx}: d_model={arch.d_model} n_layers={arch.n_layers} n_heads={arch.n_heads} "
-        f"d_ff={arch.d_ff} params={arch.params:,}; window={data.window}; {flops / 1e9:.3f} GFLOP per window (train); "
-        f"peak {'%.0f TFLOP/s bf16' % peak if peak else 'n/a (no MFU)'}"
+        f"\n{args.budget} arch_idx={arch.arch_idx}: d_model={arch.d_model} n_layers={arch.n_layers} "
+        f"n_heads={arch.n_heads} d_ff={arch.d_ff} params={arch.params:,}; window={data.window}; "
+        f"{flops / 1e9:.3f} GFLOP per window (train); peak {'%.0f TFLOP/s bf16' % peak if peak else 'n/a (no MFU)'}"
     )
     results = [measure_ours(arch, data, batch_size, args, device, flops, peak)]
-    synchronize(device)
     if device.type == "cuda":
+        synchronize(device)
         torch.cuda.empty_cache()
     if not args.skip_reference:
-        reference_batch = results[0].batch_size
-        results.append(measure_reference(arch, data, reference_batch, args, device, flops, peak))
+        results.append(measure_reference(arch, data, results[0].batch_size, args, device, flops, peak))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     print(f"{'path':<10} {'batch':>6} {'steps':>6} {'seconds':>9} {'samples/s':>11} {'TFLOP/s':>9} {'MFU':>7} {'peak MiB':>9}  note")
     for r in results:
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "n/a"
@@ -216,12 +209,27 @@ def main(argv=None) -> None:
             f"{r.path:<10} {r.batch_size:>6} {r.steps:>6} {r.seconds:>9.3f} {r.samples_per_s:>11.1f} "
             f"{r.tflops:>9.4f} {mfu:>7} {memory:>9}  {r.note}"
         )
-    speedup = results[0].samples_per_s / results[1].samples_per_s if len(results) > 1 else math.nan
-    if len(results) > 1:
+    speedup = results[0].samples_per_s / results[1].samples_per_s if len(results) > 1 else None
+    if speedup is not None:
         print(f"speed-up ours / reference: {speedup:.2f}x (samples/s)")
+    return {"arch": arch.as_dict(), "results": [asdict(r) for r in results], "speedup": speedup}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    device = resolve_device(args.device)
+    grid = get_architectures_for_budget(args.budget)
+    archs = grid if args.arch_idx == "all" else [grid[int(args.arch_idx)]]
+    data = load_data()
+    peak = peak_tflops(device, args.peak_tflops)
+    print(header(device))
+    figures = [measure_architecture(arch, data, batch_size, args, device, peak) for arch in archs]
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"arch": arch.as_dict(), "results": [asdict(r) for r in results], "speedup": speedup}, handle, indent=2)
+            json.dump({"args": vars(args), "device": describe_device(device), "figures": figures}, handle, indent=2)
 
 
 if __name__ == "__main__":
