@@ -20,6 +20,14 @@ EVENT_PREFIX = "@@hpo "
 FAULT_ENV = "HPO_INJECT_FAULTS"
 Fault = Literal["nan", "oom", "crash", "hang"]
 
+# What a trial process in mode "noop" reports: a complete trial that trained nothing, so
+# bench/orchestration_overhead.py can time everything around a trial.
+NOOP_RESULT: dict[str, float | int | str] = {
+    "val_auc": 0.5, "val_loss": 0.0, "best_epoch": 0, "epochs": 0, "pred_min": 0.5, "pred_max": 0.5,
+    "pred_range": 0.0, "recall": 0.0, "train_seconds": 0.0, "samples_per_s": 0.0, "peak_memory_mb": 0.0,
+    "batch_size": 0, "device": "none",
+}
+
 
 class ArchitectureSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -36,7 +44,7 @@ class ArchitectureSpec(BaseModel):
 class TrialRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: Literal["train", "evaluate"] = "train"
+    mode: Literal["train", "evaluate", "noop"] = "train"  # noop: report NOOP_RESULT, train nothing
     trial_number: int
     dataset_path: Path
     window: int

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from schemas.trial import EVENT_PREFIX, FAULT_ENV, TrialRequest
+from schemas.trial import EVENT_PREFIX, FAULT_ENV, NOOP_RESULT, TrialRequest
 
 
 def emit(event: str, **fields: object) -> None:
@@ -111,6 +111,9 @@ def main(argv: list[str]) -> int:
     die_with_parent()
     emit("started", pid=os.getpid())
     request = TrialRequest.model_validate_json(Path(argv[1]).read_text())
+    if request.mode == "noop":  # the orchestration benchmark: a trial that trains nothing
+        emit("result", **NOOP_RESULT)
+        return 0
     if request.threads:
         import torch
 
