@@ -64,7 +64,7 @@ def read_panel_file(path: Path) -> pd.DataFrame:
 def validate_panel(frame: pd.DataFrame, source: str, min_rows: int) -> pd.DataFrame:
     """Check a panel and return it normalised (Date parsed, ticker column present, sorted).
 
-    Refuses: missing columns, NaNs, non-positive prices, unsorted or duplicate dates within a
+    Refuses: missing columns, non-numeric values, NaNs, non-positive prices, unsorted or duplicate dates within a
     ticker, and tickers with fewer than `min_rows` rows. Nothing is silently dropped or reordered
     behind the user's back: unsorted input is an error, because it usually means a broken export.
     """
@@ -82,6 +82,18 @@ def validate_panel(frame: pd.DataFrame, source: str, min_rows: int) -> pd.DataFr
         frame["Date"] = pd.to_datetime(frame["Date"])
     except (ValueError, TypeError) as exc:
         raise DataError(source, f"column Date cannot be parsed as dates ({exc})", "write dates as YYYY-MM-DD") from exc
+    for column in REQUIRED_COLUMNS[1:]:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        not_numeric = numbers.isna() & frame[column].notna()
+        if not_numeric.any():
+            first = not_numeric.idxmax()
+            raise DataError(
+                source,
+                f"column {column} has {int(not_numeric.sum())} non-numeric value(s), the first "
+                f"{frame.loc[first, column]!r} at data row {first + 1}",
+                "write plain numbers (no thousands separators, currency signs or text)",
+            )
+        frame[column] = numbers
     values = frame[list(REQUIRED_COLUMNS[1:])]
     nan_rows = values.isna().any(axis=1)
     if nan_rows.any():
