@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.futures import PrefectFuture, wait
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.config import HpoConfig, StudySpec
 from tasks import study as studies
@@ -30,7 +34,7 @@ def finish_study(handle: studies.StudyHandle) -> dict:
     return studies.finish_study(handle)
 
 
-@flow(name="study", flow_run_name="{spec.budget}_h{spec.horizon}")
+@flow(name="study", flow_run_name="{spec.budget}_h{spec.horizon}", task_runner=ThreadPoolTaskRunner(max_workers=64))
 def study_flow(spec: StudySpec, config: HpoConfig) -> dict:
     """One (budget, horizon) study until it has `n_trials` complete trials (or this run stops)."""
     handle = open_study(spec, config)
@@ -39,9 +43,27 @@ def study_flow(spec: StudySpec, config: HpoConfig) -> dict:
     progress = current_progress()
     if progress is not None:
         progress.study(handle.name, config.study.n_trials, handle.counts()["complete"])
-    while (trial := studies.next_trial(handle)) is not None:
-        run_trial.with_options(task_run_name=f"{handle.name} #{trial.number}")(handle, trial)
+    if config.study.slots == 1:
+        while (trial := studies.next_trial(handle)) is not None:
+            run_trial.with_options(task_run_name=f"{handle.name} #{trial.number}")(handle, trial)
+    else:
+        run_in_slots(handle, config.study.slots)
     return finish_study(handle)
+
+
+def run_in_slots(handle: studies.StudyHandle, slots: int, poll_s: float = 2.0) -> None:
+    """Keep up to `slots` trial processes running on this worker's device: small models cannot
+    fill a GPU alone. The claim rules of next_trial still hold, so n_trials stays exact."""
+    running: list[PrefectFuture] = []
+    while True:
+        running = [future for future in running if not future.state.is_final()]
+        trial = studies.next_trial(handle, block=False) if len(running) < slots else studies.WAIT
+        if trial is None and not running:
+            return
+        if trial is None or trial == studies.WAIT:
+            wait(running, timeout=poll_s) if running else time.sleep(poll_s)
+            continue
+        running.append(run_trial.with_options(task_run_name=f"{handle.name} #{trial.number}").submit(handle, trial))
 
 
 @flow(name="hpo")

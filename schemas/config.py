@@ -138,6 +138,9 @@ class StudyConfig(_Config):
     max_retries: int = Field(2, ge=0, description="re-runs of a trial whose worker died (heartbeat lost)")
     heartbeat_interval_s: int = Field(30, ge=1)
     heartbeat_grace_s: int = Field(120, ge=2, description="a RUNNING trial silent this long is failed and retried")
+    slots: int = Field(
+        1, ge=1, le=64, description="trials one worker runs at once on its device (e.g. 4-8 for 2M on one H100)"
+    )
     baselines: bool = Field(True, description="fit the linear/tree baselines on the study's data (cached in MLflow)")
     stall_timeout_s: float | None = Field(
         3600, gt=0, description="kill a trial that reports no progress for this long (a hung kernel)"

@@ -20,6 +20,8 @@ Guarantees, and how:
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -130,7 +132,8 @@ class StudyHandle:
     parent_run_id: str
     dataset_path: Path
     started_at: float = field(default_factory=time.monotonic)
-    failures: int = 0
+    failures: int = 0  # only changed under `lock`: trials of several slots finish in threads
+    lock: threading.Lock = field(default_factory=threading.Lock)
     stop_reason: str | None = None
 
     @property
@@ -274,8 +277,15 @@ def _end_run(client: MlflowClient, run_id: str, state: str, tags: dict[str, str]
 # ---------------------------------------------------------------- choosing the next trial
 
 
-def next_trial(handle: StudyHandle, poll_s: float = 2.0) -> optuna.Trial | None:
-    """The next trial this worker should run, or None when the study (or this run) is done."""
+WAIT = "wait"  # next_trial(block=False): the remaining slots are taken by running trials
+
+
+def next_trial(handle: StudyHandle, poll_s: float = 2.0, block: bool = True) -> optuna.Trial | None | str:
+    """The next trial this worker should run, or None when the study (or this run) is done.
+
+    With block=False it returns WAIT instead of sleeping while running trials (this worker's
+    own, in other slots, or other workers') may still complete the study.
+    """
     cfg = handle.config.study
     while True:
         optuna.storages.fail_stale_trials(handle.study)
@@ -292,6 +302,8 @@ def next_trial(handle: StudyHandle, poll_s: float = 2.0) -> optuna.Trial | None:
                 "see the failure_reason of the failed runs in MLflow, fix the cause, and run again to resume"
             )
         if counts["complete"] + counts["running"] >= cfg.n_trials:
+            if not block:
+                return WAIT
             time.sleep(poll_s)  # the last trials are running elsewhere; take over if their worker dies
             continue
         trial = handle.study.ask()
@@ -385,6 +397,8 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialO
         weight_decay=hp["weight_decay"],
         train=train_config,
         checkpoint_path=handle.checkpoint_dir / f"trial_{trial.number}.pt",
+        # trials in several slots share the CPU cores (data prep, CPU training) instead of fighting over them
+        threads=max(1, (os.cpu_count() or 1) // handle.config.study.slots),
     )
     outcome = run_trial_process(
         request,
@@ -420,7 +434,8 @@ def record_outcome(handle: StudyHandle, trial: optuna.Trial, run_id: str, outcom
         )
         prune_checkpoints(handle)
     else:
-        handle.failures += 1
+        with handle.lock:
+            handle.failures += 1
         trial.set_user_attr(ATTR_FAILURE_KIND, outcome.failure_kind)
         trial.set_user_attr(ATTR_FAILURE_REASON, (outcome.reason or "")[:2000])
         handle.study.tell(trial, state=TrialState.FAIL)

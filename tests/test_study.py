@@ -101,6 +101,20 @@ def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoCo
     assert len(client.search_runs([experiment.experiment_id], f"tags.{T.TAG_RUN_KIND} = 'baseline'")) == len(baselines)
 
 
+def test_slots_run_trials_side_by_side_and_keep_n_trials_exact(smoke_config: HpoConfig, prefect_harness):
+    from flows.hpo import hpo_flow
+
+    study = smoke_config.study.model_copy(update={"n_trials": 4, "slots": 3})
+    config = smoke_config.model_copy(update={"study": study})
+    (summary,) = hpo_flow(studies=["smoke_h5"], config=config)
+
+    assert summary["complete"] == 4
+    assert_exactly_complete(config.stores, "smoke_h5", 4)
+    runs = sorted(trial_runs(config.stores, "smoke_h5"), key=lambda r: r.info.start_time)
+    overlapping = sum(1 for a, b in zip(runs, runs[1:]) if b.info.start_time < a.info.end_time)
+    assert overlapping >= 1, "with 3 slots some trials run at the same time"
+
+
 def test_diverged_oom_and_crashed_trials_fail_with_reason_and_study_completes(smoke_config, monkeypatch):
     config = smoke_config.model_copy(update={"study": smoke_config.study.model_copy(update={"n_trials": 4})})
     monkeypatch.setenv(FAULT_ENV, json.dumps({"1": "nan", "2": "oom", "3": "crash"}))
