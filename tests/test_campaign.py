@@ -51,6 +51,7 @@ def test_supplemental_plan_validation_matches_the_users_plan():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_smoke_campaign_runs_stages_in_order_and_resumes_without_retraining(smoke_config: HpoConfig, tmp_path, prefect_harness):
     from flows.campaign import campaign_flow
 
