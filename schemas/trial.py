@@ -11,7 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from models.arch_grid import Architecture
 from schemas.config import TrainConfig
+
+# Old name, kept while the orchestration benchmark's test still imports it.
+ArchitectureSpec = Architecture
 
 EVENT_PREFIX = "@@hpo "
 # Test hook: JSON {trial_number: fault}; faults go through the real failure paths of the trial
@@ -29,18 +33,6 @@ NOOP_RESULT: dict[str, float | int | str] = {
 }
 
 
-class ArchitectureSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    arch_idx: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_ff: int
-    d_ff_ratio: int
-    params: int
-
-
 class TrialRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,7 +40,7 @@ class TrialRequest(BaseModel):
     trial_number: int
     dataset_path: Path
     window: int
-    arch: ArchitectureSpec
+    arch: Architecture  # a stdlib dataclass: pydantic validates and serialises it as is
     learning_rate: float = 0.0
     dropout: float = 0.0
     weight_decay: float = 0.0

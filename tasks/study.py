@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from models.arch_grid import Architecture, forced_extremes, get_architectures_for_budget
 from schemas.config import HpoConfig, SearchSpace, StoreConfig, StudySpec
 from schemas import tracking as T
-from schemas.trial import ArchitectureSpec, TrialRequest
+from schemas.trial import TrialRequest
 from tasks.data import cached_dataset
 from tasks.tracking import code_version, get_or_create_experiment, log_batch, mlflow_client
 from tasks.trial_runner import TrialOutcome, run_trial_process
@@ -391,7 +391,7 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialO
         trial_number=trial.number,
         dataset_path=handle.dataset_path,
         window=handle.config.data.window,
-        arch=ArchitectureSpec(**arch.as_dict()),
+        arch=arch,
         learning_rate=hp["learning_rate"],
         dropout=hp["dropout"],
         weight_decay=hp["weight_decay"],
@@ -490,7 +490,7 @@ def finish_study(handle: StudyHandle) -> dict[str, object]:
                 trial_number=best.number,
                 dataset_path=handle.dataset_path,
                 window=handle.config.data.window,
-                arch=ArchitectureSpec(**handle.grid[best.params["arch_idx"]].as_dict()),
+                arch=handle.grid[best.params["arch_idx"]],
                 train=handle.config.train,
                 checkpoint_path=checkpoint,
                 split="test",

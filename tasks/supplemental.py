@@ -23,7 +23,7 @@ from models.arch_grid import (
 )
 from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
-from schemas.trial import ArchitectureSpec, TrialRequest
+from schemas.trial import TrialRequest
 from tasks.data import cached_dataset
 from tasks.tracking import code_version, get_or_create_experiment, log_batch, mlflow_client, search_all_runs
 from tasks.trial_runner import run_trial_process
@@ -236,7 +236,7 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
             trial_number=-1,
             dataset_path=dataset_path,
             window=config.data.window,
-            arch=ArchitectureSpec(**arch.as_dict()),
+            arch=arch,
             train=config.train,
             checkpoint_path=checkpoint,
             **hparams,

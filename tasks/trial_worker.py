@@ -44,7 +44,6 @@ ALIVE_EVERY_S = 10.0
 def _train(request: TrialRequest) -> int:
     import torch
 
-    from models.arch_grid import Architecture
     from tasks.data import PreparedData
     from tasks.train import Hyperparams, TrialFailure, train_model
 
@@ -57,7 +56,7 @@ def _train(request: TrialRequest) -> int:
     emit("ready")
     if fault == "nan":
         data.features[:] = float("nan")  # the real divergence check must catch it
-    arch = Architecture(**request.arch.model_dump())
+    arch = request.arch
 
     def on_epoch(metrics: dict[str, float]) -> None:
         if fault == "oom":  # raised inside the training loop: the trainer's own OOM handling reports it
@@ -87,7 +86,7 @@ def _train(request: TrialRequest) -> int:
         return 3
     request.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = request.checkpoint_path.with_suffix(".tmp")
-    torch.save({"arch": request.arch.model_dump(), "state": state, "dropout": request.dropout}, tmp)
+    torch.save({"arch": request.arch.as_dict(), "state": state, "dropout": request.dropout}, tmp)
     tmp.replace(request.checkpoint_path)
     emit("result", **result.as_dict())
     return 0
