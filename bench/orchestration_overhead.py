@@ -37,6 +37,7 @@ import argparse
 import functools
 import inspect
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -317,6 +318,8 @@ def prefect_server() -> Iterator[None]:
     """A temporary Prefect server and database for the prefect layer (its start is timed apart)."""
     from prefect.testing.utilities import prefect_test_harness
 
+    # Its telemetry service fails without network (a traceback, a DNS wait); it is no trial's cost.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     started = time.perf_counter()
     with prefect_test_harness(server_startup_timeout=300):
         print(f"temporary Prefect server up in {time.perf_counter() - started:.1f} s", flush=True)
@@ -333,7 +336,7 @@ def table(results: list[LayerTiming]) -> str:
     for r in results:
         added = f"{r.per_trial_ms - previous.per_trial_ms:9.1f}" if previous else f"{'':9s}"
         line = f"{r.layer:13s}  {r.trials:6d}  {r.setup_s:7.2f}  {r.per_trial_ms:12.1f}  {r.median_ms:9.1f}  {added}"
-        line += "".join(f"  {r.per_trial_ms / ref.per_trial_ms:13.1f}" for ref in refs)
+        line += "".join(f"  {r.per_trial_ms / ref.per_trial_ms:13.3g}" for ref in refs)
         lines.append(line)
         previous = r
     lines += ["", "within the period, per trial   MLflow ms (calls)  Optuna storage ms (calls)  trial process ms  rest ms"]

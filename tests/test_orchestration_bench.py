@@ -10,7 +10,7 @@ import pytest
 
 from models.arch_grid import get_architectures_for_budget
 from schemas.config import TrainConfig
-from schemas.trial import NOOP_RESULT, ArchitectureSpec, TrialRequest
+from schemas.trial import NOOP_RESULT, TrialRequest
 from tasks.trial_runner import run_trial_process
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -65,13 +65,12 @@ def test_process_and_prefect_layers(bench, tmp_path: Path, prefect_harness):
 
 @pytest.mark.slow
 def test_noop_trial_process_trains_nothing(tmp_path: Path):
-    arch = get_architectures_for_budget("smoke")[0]
     request = TrialRequest(
         mode="noop",
         trial_number=0,
         dataset_path=tmp_path / "no-such-dataset.npz",  # never read
         window=60,
-        arch=ArchitectureSpec(**arch.as_dict()),
+        arch=get_architectures_for_budget("smoke")[0],
         train=TrainConfig(device="cpu"),
         checkpoint_path=tmp_path / "trial_0.pt",
     )
