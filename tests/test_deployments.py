@@ -1,0 +1,272 @@
+"""The deployments end to end, as a user runs them: a real `prefect server start`, the declared
+deployments registered with `python -m deployments.deploy`, a process worker, and
+`prefect deployment run hpo/20M-rerun` with the smoke switch, watched to completion.
+
+Every process started here gets its own session and is killed with its whole process group (and
+every descendant that left the group, such as the flow run the worker starts) at teardown, so no
+server or worker outlives the test, even when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from schemas import tracking as T
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the virtualenv's `prefect` and `python`
+POOL = "testpool"
+N_TRIALS = 2
+
+# The issue's list: every deployment a user can start.
+DECLARED = {
+    "hpo/20M-h5",
+    "hpo/200M",
+    "hpo/2B",
+    "hpo/20M-rerun",
+    "campaign/full",
+    "supplemental/2M-L64",
+    "supplemental/20M-h5-L160-180",
+    "recover/legacy",
+    "report/cross-budget",
+}
+
+# Server start, a full deploy and two smoke studies take minutes on a loaded 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+@dataclass
+class PrefectStack:
+    """A local Prefect server and a process worker, with the deployments registered."""
+
+    api_url: str
+    env: dict[str, str]
+    root: Path
+    logs: Path
+    deploy_output: str
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def cli(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        """Run a command of the virtualenv (`prefect ...`, `python ...`) the way a user would."""
+        return subprocess.run(
+            [str(BIN / args[0]), *args[1:]],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, start_new_session=True,
+        )
+
+    def start(self, name: str, *args: str, cwd: Path) -> subprocess.Popen:
+        """Start a long-running command in its own session, its output in logs/NAME.log."""
+        with open(self.logs / f"{name}.log", "wb") as log:
+            process = subprocess.Popen(
+                [str(BIN / args[0]), *args[1:]],
+                cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def log_tail(self, name: str, chars: int = 4000) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _environment(home: Path, api_url: str) -> dict[str, str]:
+    """The caller's environment without its Prefect settings, pointed at this server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="2",  # pick the run up in seconds, not the default 10
+        COLUMNS="200",  # rich wraps CLI output at 80 columns otherwise
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _wait_healthy(stack: PrefectStack, server: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"prefect server exited with {server.returncode}:\n{stack.log_tail('server')}")
+        try:
+            if httpx.get(f"{stack.api_url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"prefect server not healthy after {timeout:.0f} s:\n{stack.log_tail('server')}")
+
+
+def _descendants(pids: list[int]) -> list[int]:
+    """Every live descendant of `pids`, read from /proc (children that started their own session
+    are not in the parent's process group)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing paren
+            pid, rest = stat.read_text().split(" (", 1)
+            ppid = int(rest.rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(pid))
+    found, todo = [], list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop(processes: list[subprocess.Popen], grace: float = 20) -> list[int]:
+    """SIGTERM every process group and descendant, then SIGKILL whatever is left after `grace`;
+    returns the pids still alive after that (none, unless a process cannot be killed)."""
+    pids = [p.pid for p in processes] + _descendants([p.pid for p in processes if p.poll() is None])
+
+    def signal_all(sig: int) -> None:
+        for pid in pids:
+            for kill in (lambda: os.killpg(os.getpgid(pid), sig), lambda: os.kill(pid, sig)):
+                try:
+                    kill()
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and (any(p.poll() is None for p in processes) or any(map(_alive, pids))):
+        time.sleep(0.5)
+    signal_all(signal.SIGKILL)
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(map(_alive, pids)):
+        time.sleep(0.2)
+    return [pid for pid in pids if _alive(pid)]
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(tmp_path_factory: pytest.TempPathFactory):
+    """`prefect server start`, `python -m deployments.deploy --pool testpool` (all deployments),
+    `prefect worker start --pool testpool --type process`."""
+    root = tmp_path_factory.mktemp("deployments")
+    (logs := root / "logs").mkdir()
+    port = str(_free_port())
+    api_url = f"http://127.0.0.1:{port}/api"
+    stack = PrefectStack(api_url, _environment(root / "prefect-home", api_url), root, logs, deploy_output="")
+    try:
+        server = stack.start("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", port, cwd=root)
+        _wait_healthy(stack, server)
+
+        deploy = stack.cli("python", "-m", "deployments.deploy", "--pool", POOL, timeout=600)
+        assert deploy.returncode == 0, f"deploy failed:\n{deploy.stdout}\n{deploy.stderr[-4000:]}"
+        stack.deploy_output = deploy.stdout
+
+        # The worker runs from elsewhere: the deployments must not depend on the worker's directory.
+        (worker_dir := root / "worker").mkdir()
+        worker = ("prefect", "worker", "start", "--pool", POOL, "--type", "process", "--name", "w0")
+        stack.start("worker", *worker, cwd=worker_dir)
+        yield stack
+    finally:
+        survivors = _stop(stack.processes)
+        assert not survivors, f"processes {survivors} of the server or worker survived teardown"
+
+
+def _client(stack: PrefectStack):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(stack.api_url)
+
+
+def test_deploy_registers_every_declared_deployment_on_the_process_pool(prefect_stack: PrefectStack):
+    from prefect.client.schemas.sorting import DeploymentSort
+
+    printed = set(re.findall(r"^deployed (\S+)$", prefect_stack.deploy_output, re.MULTILINE))
+    assert printed == DECLARED
+
+    with _client(prefect_stack) as client:
+        pool = client.read_work_pool(POOL)
+        deployments = client.read_deployments(limit=100, sort=DeploymentSort.NAME_ASC)
+        flow_names = {d.flow_id: client.read_flow(d.flow_id).name for d in deployments}
+    assert pool.type == "process"
+    by_name = {f"{flow_names[d.flow_id]}/{d.name}": d for d in deployments}
+    assert set(by_name) == DECLARED
+    assert {d.work_pool_name for d in deployments} == {POOL}
+    assert by_name["hpo/20M-rerun"].parameters == {"studies": ["20M_h1_v2", "20M_h3_v2"]}
+    assert "smoke" in by_name["hpo/20M-rerun"].parameter_openapi_schema["properties"]
+
+
+def test_20M_rerun_with_the_smoke_switch_completes_with_its_trials_in_mlflow(prefect_stack: PrefectStack):
+    stores = prefect_stack.root / "mlruns"
+    params = {
+        "smoke": True,
+        "config": {
+            "study": {"n_trials": N_TRIALS, "heartbeat_interval_s": 2, "heartbeat_grace_s": 10},
+            "train": {"device": "cpu", "max_batches_per_epoch": 4, "batch_size": 64},
+            "stores": {"root": str(stores)},
+        },
+    }
+
+    started = time.monotonic()
+    command = ("prefect", "deployment", "run", "hpo/20M-rerun", "--params", json.dumps(params), "--watch")
+    run = prefect_stack.cli(*command, timeout=1200)
+    output = run.stdout + run.stderr
+    context = f"{output[-4000:]}\n--- worker log ---\n{prefect_stack.log_tail('worker', 8000)}"
+    assert run.returncode == 0, context
+    assert "Flow run finished successfully in 'Completed'" in output, context
+    print(f"hpo/20M-rerun (smoke, {N_TRIALS} trials per study) finished in {time.monotonic() - started:.0f} s")
+
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", output)[1]
+    with _client(prefect_stack) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    assert flow_run.state.type.value == "COMPLETED"
+    assert flow_run.parameters["studies"] == ["20M_h1_v2", "20M_h3_v2"], "the deployment's studies, merged"
+    assert flow_run.parameters["smoke"] is True
+
+    mlflow = MlflowClient(f"sqlite:///{stores / 'mlflow.db'}")
+    for study in ("smoke-20M_h1_v2", "smoke-20M_h3_v2"):
+        experiment = mlflow.get_experiment_by_name(study)
+        assert experiment is not None, f"no MLflow experiment {study}"
+        runs = mlflow.search_runs([experiment.experiment_id], max_results=1000)
+        trials = [r for r in runs if r.data.tags.get(T.TAG_RUN_KIND) == "trial"]
+        assert len(trials) == N_TRIALS and {r.info.status for r in trials} == {"FINISHED"}
+        for trial in trials:
+            assert set(T.TRIAL_PARAMS) <= set(trial.data.params), "every param is logged, n_heads included"
+            assert int(trial.data.params["n_heads"]) >= 1
+            assert "val_auc" in trial.data.metrics
+        [study_run] = [r for r in runs if r.data.tags.get(T.TAG_RUN_KIND) == "study"]
+        assert study_run.info.status == "FINISHED"
+        assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {study_run.info.run_id}
+
+        # Optuna agrees: exactly these runs are the study's complete trials.
+        optuna_trials = optuna.load_study(study_name=study, storage=f"sqlite:///{stores / 'optuna.db'}").get_trials()
+        complete = [t for t in optuna_trials if t.state == TrialState.COMPLETE]
+        assert sorted(t.user_attrs["mlflow_run_id"] for t in complete) == sorted(r.info.run_id for r in trials)
