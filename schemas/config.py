@@ -243,7 +243,9 @@ class HpoConfig(_Config):
         sampled), so the whole path runs in minutes on a CPU."""
         return self.model_copy(
             update={
-                "train": self.train.model_copy(update={"max_epochs": 1, "max_batches_per_epoch": 20}),
+                "train": self.train.model_copy(
+                    update={"max_epochs": 1, "max_batches_per_epoch": min(self.train.max_batches_per_epoch or 20, 20)}
+                ),
                 "study": self.study.model_copy(update={"n_trials": min(self.study.n_trials, 8)}),
             }
         )
