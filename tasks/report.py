@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import to_hex, to_rgb  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.entities import Run, ViewType  # noqa: E402
@@ -31,7 +31,6 @@ from tasks.analysis import (  # noqa: E402
     MIN_TREND_TRIALS,
     TOP_K,
     TREND_ALPHA,
-    BudgetBest,
     CampaignAnalysis,
     Check,
     CollapseSummary,
@@ -136,7 +135,9 @@ def plot_auc_vs_params(analysis: CampaignAnalysis, path: Path) -> Path | None:
                         xycoords=("axes fraction", "data"), va="bottom", fontsize=8)  # fmt: skip
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_count_label))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("parameters (exact count, log scale)")
         ax.set_title(f"h{h.horizon}: {h.scaling.verdict}")
         ax.grid(alpha=0.3)
@@ -312,7 +313,10 @@ def render_scaling(h: HorizonAnalysis) -> str:
     ordering = [b for b in h.bests if b.best is not None]
     if ordering:
         ranked = sorted(ordering, key=lambda b: -b.interval.auc)
-        out.append("Ordering by best val AUC: " + " > ".join(f"{b.budget} ({b.interval.auc:.4f})" for b in ranked) + ".")
+        text = f"{ranked[0].budget} ({ranked[0].interval.auc:.4f})"
+        for before, b in zip(ranked, ranked[1:]):
+            text += f" {'=' if b.interval.auc == before.interval.auc else '>'} {b.budget} ({b.interval.auc:.4f})"
+        out.append(f"Ordering by best val AUC: {text}.")
     spread = sorted({b.interval.method for b in ordering if b.interval.method != "Hanley-McNeil"})
     if spread and len(ordering) > 1:
         out.append(f"Caution: intervals from {', '.join(spread)} (the validation class counts `val_n_pos`/`val_n_neg` "
@@ -363,7 +367,8 @@ def _collapse_row(name: str, c: CollapseSummary) -> list[object]:
 
 
 def render_collapse_by_budget(h: HorizonAnalysis) -> str:
-    rows = [_collapse_row(b, c) for b, c in h.collapse.items() if c.checked or any(x.budget == b and x.best is not None for x in h.bests)]
+    with_trials = {b.budget for b in h.bests if b.trials}
+    rows = [_collapse_row(b, c) for b, c in h.collapse.items() if b in with_trials]
     if not rows:
         return "No complete trials."
     return md_table(["Budget", "Collapsed/checked", "Narrow range", "One class", "Mean pred range", "Mean recall", "Best trial collapsed"], rows)
@@ -641,16 +646,15 @@ def best_per_budget_rows(analysis: CampaignAnalysis) -> list[dict[str, object]]:
     for h in analysis.horizons:
         for b in h.bests:
             row: dict[str, object] = {"horizon": f"h{h.horizon}", "budget": b.budget, "complete": b.complete}
-            best: BudgetBest = b
-            if best.best is not None:
-                t = best.best
-                row.update(best_val_auc=round(best.interval.auc, 4),
-                           ci_low=None if math.isnan(best.interval.se) else round(best.interval.low, 4),
-                           ci_high=None if math.isnan(best.interval.se) else round(best.interval.high, 4),
-                           ci_method=best.interval.method, trial=_trial_ref(t),
-                           **{c: _plain(t[c]) for c in CONFIG_COLUMNS})  # fmt: skip
-            if best.baseline is not None:
-                row["best_baseline"] = f"{best.baseline['baseline_model']} {best.baseline['val_auc']:.4f}"
-                row["vs_baseline"] = best.vs_baseline.verdict if best.vs_baseline else None
+            if b.best is not None:
+                known = not math.isnan(b.interval.se)
+                row.update(best_val_auc=round(b.interval.auc, 4),
+                           ci_low=round(b.interval.low, 4) if known else None,
+                           ci_high=round(b.interval.high, 4) if known else None,
+                           ci_method=b.interval.method, trial=_trial_ref(b.best),
+                           **{c: _plain(b.best[c]) for c in CONFIG_COLUMNS})  # fmt: skip
+            if b.baseline is not None:
+                row["best_baseline"] = f"{b.baseline['baseline_model']} {b.baseline['val_auc']:.4f}"
+                row["vs_baseline"] = b.vs_baseline.verdict if b.vs_baseline else None
             rows.append({k: _plain(v) for k, v in row.items()})
     return rows

@@ -7,7 +7,6 @@ import math
 import time
 from collections import Counter
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from models.arch_grid import Architecture, find_arch_idx, forced_extremes, get_architectures_for_budget
-from schemas.config import StoreConfig, study_name
+from schemas.config import StoreConfig
 from tasks.analysis import analyse_campaign, normalise_runs
 from tasks.report import (
     REPORT_EXPERIMENT,
@@ -193,6 +192,12 @@ def analysis(campaign):
     return analyse_campaign(query_runs(stores))
 
 
+@pytest.fixture(scope="module")
+def written(analysis, campaign, tmp_path_factory):
+    """The report's files, written once for the module (figures take seconds each)."""
+    return write_report(analysis, tmp_path_factory.mktemp("out") / "reports", campaign[0].mlflow_uri)
+
+
 def _complete(specs: list[dict], study: str) -> list[dict]:
     return [s for s in specs if s["study"] == study and s["tags"]["run_kind"] == "trial" and s["tags"]["state"] == "complete"]
 
@@ -332,9 +337,8 @@ def test_budgets_baselines_and_scaling(analysis, campaign):
     assert next(b for b in h5.bests if b.budget == "20M").vs_baseline is None
 
 
-def test_markdown_shows_the_numbers(analysis, campaign, tmp_path):
-    stores, _ = campaign
-    files = write_report(analysis, tmp_path / "out", stores.mlflow_uri)
+def test_markdown_shows_the_numbers(analysis, written):
+    files = written
     text = files.markdown.read_text()
     assert "| 200M | no runs |" in text
     assert "Budgets without trial runs: 200M, 2B." in text
@@ -355,10 +359,9 @@ def test_markdown_shows_the_numbers(analysis, campaign, tmp_path):
     assert next(r for r in rows if r["budget"] == "2M" and r["horizon"] == "h1")["best_val_auc"] == 0.723
 
 
-def test_report_logged_as_mlflow_artifact(analysis, campaign, tmp_path):
+def test_report_logged_as_mlflow_artifact(campaign, written):
     stores, _ = campaign
-    files = write_report(analysis, tmp_path / "out", stores.mlflow_uri)
-    run_id = log_report(stores, files)
+    run_id = log_report(stores, written)
     client = mlflow_client(stores)
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == REPORT_EXPERIMENT
@@ -371,10 +374,6 @@ def test_report_logged_as_mlflow_artifact(analysis, campaign, tmp_path):
 def test_render_without_figures_has_no_images(analysis):
     text = render_markdown(analysis)
     assert "![" not in text and "## Horizon h1" in text
-
-
-def test_study_name_round_trip():
-    assert study_name("20M", 1, 2) == "20M_h1_v2" and study_name("20M", 5, 1) == "20M_h5"
 
 
 @pytest.mark.slow
