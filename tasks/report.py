@@ -432,7 +432,7 @@ def render_study(s: StudyAnalysis, figures: dict[str, Path] | None, base: Path |
     for t in s.trends:
         rho = "" if math.isnan(t.rho) else f" (rho {t.rho:+.3f}, p {t.p_value:.3g})"
         lines = [f"**{t.param}**: {t.label}{rho}"]
-        if t.best is not None:
+        if len(t.table) > 1:
             lines.append(f"best value {fmt_value(t.best['value'])} (mean {_auc(t.best['mean'])}), "
                          f"worst {fmt_value(t.worst['value'])} (mean {_auc(t.worst['mean'])})")  # fmt: skip
         table = md_table(["Value", "Mean AUC", "Std", "Count"],
