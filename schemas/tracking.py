@@ -43,6 +43,8 @@ FINAL_METRICS: tuple[str, ...] = (
     "pred_max",
     "pred_range",
     "recall",
+    "val_n_pos",
+    "val_n_neg",
     "epochs",
     "train_seconds",
     "samples_per_s",

@@ -72,6 +72,7 @@ from tasks.train import (
     auc,
     build_model,
     device_name,
+    val_diagnostics,
     resolve_device,
 )
 
@@ -375,17 +376,12 @@ def _predict(template: nn.Module, pack: _Pack, dev: DeviceData, batch_size: int)
 
 
 def _result(track: _TrialTrack, val_labels: np.ndarray, config: TrainConfig, peak: float, device) -> TrainResult:
-    probs = track.best_probs
-    positives = val_labels == 1
     return TrainResult(
         val_auc=track.best_auc,
         val_loss=track.best_loss,
         best_epoch=track.best_epoch,
         epochs=track.epochs,
-        pred_min=float(probs.min()),
-        pred_max=float(probs.max()),
-        pred_range=float(probs.max() - probs.min()),
-        recall=float((probs[positives] >= 0.5).mean()) if positives.any() else 0.0,
+        **val_diagnostics(track.best_probs, val_labels),
         train_seconds=track.seconds,
         samples_per_s=track.samples / track.seconds if track.seconds > 0 else 0.0,
         peak_memory_mb=peak,

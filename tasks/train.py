@@ -60,6 +60,8 @@ class TrainResult:
     pred_max: float
     pred_range: float
     recall: float  # at threshold 0.5 on val, best epoch
+    val_n_pos: int  # class counts of the val split: the report's AUC confidence intervals need them
+    val_n_neg: int
     train_seconds: float
     samples_per_s: float
     peak_memory_mb: float
@@ -317,17 +319,12 @@ def _train(data, arch, hparams, config, window, device, on_epoch, on_step=None):
         elif epoch - best["epoch"] >= config.patience:
             break
 
-    probs = best["probs"]
-    positives = val_labels == 1
     result = TrainResult(
         val_auc=best["auc"],
         val_loss=best["loss"],
         best_epoch=best["epoch"],
         epochs=epoch,
-        pred_min=float(probs.min()),
-        pred_max=float(probs.max()),
-        pred_range=float(probs.max() - probs.min()),
-        recall=float((probs[positives] >= 0.5).mean()) if positives.any() else 0.0,
+        **val_diagnostics(best["probs"], val_labels),
         train_seconds=train_seconds,
         samples_per_s=samples_seen / train_seconds if train_seconds > 0 else 0.0,
         peak_memory_mb=_peak_memory_mb(device),
@@ -335,6 +332,19 @@ def _train(data, arch, hparams, config, window, device, on_epoch, on_step=None):
         device=device_name(device),
     )
     return result, best["state"]
+
+
+def val_diagnostics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
+    """Prediction spread (a collapsed model predicts one value), recall at 0.5, class counts."""
+    positives = labels == 1
+    return {
+        "pred_min": float(probs.min()),
+        "pred_max": float(probs.max()),
+        "pred_range": float(probs.max() - probs.min()),
+        "recall": float((probs[positives] >= 0.5).mean()) if positives.any() else 0.0,
+        "val_n_pos": int(positives.sum()),
+        "val_n_neg": int((~positives).sum()),
+    }
 
 
 def evaluate_state(
