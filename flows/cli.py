@@ -4,9 +4,15 @@ a task; no logic lives here beyond argument handling."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
+
+if sys.stderr.isatty():
+    # On a terminal the live progress display shows each trial and epoch; Prefect's own INFO
+    # lines would write across its bars. They still reach the Prefect API (the UI's run logs).
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 import typer
 from rich.console import Console
