@@ -14,9 +14,6 @@ from pydantic import BaseModel, ConfigDict
 from models.arch_grid import Architecture
 from schemas.config import TrainConfig
 
-# Old name, kept while the orchestration benchmark's test still imports it.
-ArchitectureSpec = Architecture
-
 EVENT_PREFIX = "@@hpo "
 # Test hook: JSON {trial_number: fault}; faults go through the real failure paths of the trial
 # process ("nan": the loss becomes NaN; "oom": torch.OutOfMemoryError at the first step;

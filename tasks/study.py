@@ -269,8 +269,8 @@ def reconcile_runs(handle: StudyHandle) -> None:
             )
 
 
-def _end_run(client: MlflowClient, run_id: str, state: str, tags: dict[str, str]) -> None:
-    log_batch(client, run_id, tags={T.TAG_STATE: state, **tags})
+def _end_run(client: MlflowClient, run_id: str, state: str, tags: dict[str, str], metrics: dict | None = None) -> None:
+    log_batch(client, run_id, metrics=metrics, tags={T.TAG_STATE: state, **tags})
     client.set_terminated(run_id, "FINISHED" if state == "complete" else "FAILED")
 
 
@@ -342,8 +342,7 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialO
     retry_of = handle.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
     seed = handle.config.train.seed + (retry_of if retry_of is not None else trial.number)
     train_config = handle.config.train.model_copy(update={"seed": seed})
-    for key, value in arch.as_dict().items():
-        trial.set_user_attr(key, value)
+    trial.set_user_attr("architecture", arch.as_dict())  # one write: each attribute is a commit
 
     params = {
         "budget": handle.spec.budget,
@@ -422,11 +421,9 @@ def record_outcome(handle: StudyHandle, trial: optuna.Trial, run_id: str, outcom
     if outcome.complete:
         result = outcome.result
         final = {k: result[k] for k in T.FINAL_METRICS if k in result}
-        log_batch(client, run_id, metrics=final, tags={T.TAG_DEVICE: result.get("device", "unknown")})
-        for key in ("val_auc", "epochs", "best_epoch", "pred_range"):
-            trial.set_user_attr(key, result[key])
+        trial.set_user_attr("result", {k: result[k] for k in ("epochs", "best_epoch", "pred_range")})
         handle.study.tell(trial, result["val_auc"])
-        _end_run(client, run_id, "complete", {})
+        _end_run(client, run_id, "complete", {T.TAG_DEVICE: result.get("device", "unknown")}, metrics=final)
         log.info(
             "Trial %d finished: val_auc=%.4f, pred_min=%.4f, pred_max=%.4f, recall=%.4f, epochs=%d, seconds=%.1f",
             trial.number, result["val_auc"], result["pred_min"], result["pred_max"], result["recall"],
