@@ -171,6 +171,7 @@ def run(
     timeout_hours: Annotated[float | None, typer.Option(help="stop cleanly after this long; rerun to continue")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="epochs per trial (default 50, early stopping)")] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="smoke budget, one short epoch, at most 8 trials")] = False,
+    slots: Annotated[int | None, typer.Option(help="trials run at once on this worker's device (small budgets)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
     data: Annotated[str | None, typer.Option("--data", help="'bundled' or a CSV/Parquet path")] = None,
     root: Annotated[Path | None, typer.Option("--root", help="folder of the embedded SQLite stores (default mlruns)")] = None,
@@ -181,7 +182,7 @@ def run(
     from tasks.progress import live_progress
     from tasks.study import optuna_storage, resolve_study_name
 
-    base = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, timeout_hours=timeout_hours)
+    base = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, timeout_hours=timeout_hours, slots=slots)
     train_update = {k: v for k, v in {"device": device, "max_epochs": max_epochs}.items() if v is not None}
     config = base.model_copy(update={"train": base.train.model_copy(update=train_update)})
     try:
