@@ -19,13 +19,16 @@ from rich.console import Console
 from rich.table import Table
 
 from models.arch_grid import BUDGET_BANDS, CURRENT_GRID_VERSION, get_architectures_for_budget
-from schemas.config import DataConfig, HpoConfig, StoreConfig, StudySpec, TrainConfig
+from schemas.config import HpoConfig, StudySpec
 
 app = typer.Typer(help="Hyperparameter-search campaigns across transformer parameter budgets.", no_args_is_help=True)
 console = Console()
 
-StoreRoot = Annotated[Path, typer.Option("--root", help="folder of the embedded SQLite stores")]
-DataSource = Annotated[str, typer.Option("--data", help="'bundled' or a CSV/Parquet path")]
+# Options left unset defer to --config, then the environment (HPO_ROOT, ...), then the defaults.
+Root = Annotated[Path | None, typer.Option("--root", help="folder of the embedded SQLite stores (default mlruns)")]
+DataSource = Annotated[str | None, typer.Option("--data", help="'bundled' (default) or a CSV/Parquet path")]
+Storage = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (PostgreSQL for several workers)")]
+TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default SQLite under --root)")]
 
 
 ConfigFile = Annotated[
@@ -90,15 +93,16 @@ def train(
     dropout: float = 0.1,
     weight_decay: float = 1e-4,
     max_epochs: int = 5,
-    data: DataSource = "bundled",
-    root: StoreRoot = Path("mlruns"),
+    data: DataSource = None,
+    root: Root = None,
 ) -> None:
     """Train one architecture once (no study, no tracking) and print its result."""
     from tasks.data import cached_dataset
     from tasks.train import Hyperparams, train_model
 
     spec = StudySpec(budget=budget, horizon=horizon)
-    config = HpoConfig(data=DataConfig(source=data), train=TrainConfig(max_epochs=max_epochs), stores=StoreConfig(root=root))
+    base = build_config(root, data)
+    config = base.model_copy(update={"train": base.train.model_copy(update={"max_epochs": max_epochs})})
     arch = get_architectures_for_budget(spec.budget)[arch_idx]
     prepared, _ = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     console.print(f"training {arch} on {prepared.summary()}")
@@ -120,7 +124,7 @@ def recover(
     grid_version: Annotated[int | None, typer.Option(help="grid version the logs' arch_idx refer to (default: 1, the legacy grid)")] = None,
     import_mlflow: Annotated[bool, typer.Option("--import-mlflow", help="also import the trials into MLflow (idempotent)")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="any problem: write nothing and exit 1")] = False,
-    root: StoreRoot = Path("mlruns"),
+    root: Root = None,
 ) -> None:
     """Recover legacy trials, n_heads included, from old HPO logs or trial JSON files."""
     from flows.recover import recover as recover_flow
@@ -129,7 +133,7 @@ def recover(
 
     try:
         request = RecoverRequest(inputs=inputs, out=out, grid_version=grid_version, import_mlflow=import_mlflow,
-                                 strict=strict, stores=StoreConfig(root=root))
+                                 strict=strict, stores=build_config(root).stores)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     report = recover_flow(request)
@@ -164,8 +168,8 @@ def run(
     budget: Annotated[str, typer.Argument(help="smoke, 2M, 20M, 200M or 2B")],
     horizons: Annotated[list[str], typer.Argument(help="one or more of h1 h3 h5, run in this order")],
     trials: Annotated[int | None, typer.Option("--trials", help="completed trials the study ends with (default 50)")] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (PostgreSQL for several workers)")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="start a new version of the study; the old one is kept")] = False,
     version: Annotated[int | None, typer.Option(help="run exactly this version of the study")] = None,
     timeout_hours: Annotated[float | None, typer.Option(help="stop cleanly after this long; rerun to continue")] = None,
@@ -173,8 +177,8 @@ def run(
     smoke: Annotated[bool, typer.Option("--smoke", help="smoke budget, one short epoch, at most 8 trials")] = False,
     slots: Annotated[int | None, typer.Option(help="trials run at once on this worker's device (small budgets)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="'bundled' or a CSV/Parquet path")] = None,
-    root: Annotated[Path | None, typer.Option("--root", help="folder of the embedded SQLite stores (default mlruns)")] = None,
+    data: DataSource = None,
+    root: Root = None,
     config_file: ConfigFile = None,
 ) -> None:
     """Run (or resume) the studies BUDGET_hH, one after another, as the Prefect `hpo` flow."""
@@ -216,8 +220,8 @@ def _print_summaries(summaries: list[dict]) -> None:
 def baselines(
     horizon: Annotated[list[str] | None, typer.Option("--horizon", help="h1, h3 or h5; repeat for several (default: all three)")] = None,
     study: Annotated[list[str] | None, typer.Option("--study", help="log into this study's experiment; repeatable (default: every study experiment of the horizon, or baselines_hH)")] = None,
-    data: DataSource = "bundled",
-    root: StoreRoot = Path("mlruns"),
+    data: DataSource = None,
+    root: Root = None,
 ) -> None:
     """Fit the baselines (logreg, logreg_flat, hgb, base_rate) once per horizon and log them beside its studies."""
     from tasks.baselines import baseline_table, baseline_targets, run_baselines
@@ -241,19 +245,16 @@ def baselines(
 @app.command()
 def report(
     out: Annotated[Path, typer.Option("--out", help="folder for report.md, report.html and figures/")] = Path("reports"),
-    root: StoreRoot = Path("mlruns"),
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI [default: SQLite under --root]")] = None,
+    root: Root = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Write the cross-budget report from MLflow (Markdown, HTML, figures) and log it as the Prefect `report` flow."""
     from flows.report import report as report_flow
 
-    files = report_flow(stores=StoreConfig(root=root, mlflow_tracking_uri=tracking_uri), out=out)
+    files = report_flow(stores=build_config(root, tracking_uri=tracking_uri).stores, out=out)
     console.print(f"report: {files.markdown} and {files.html} ({len(files.figures)} figures); MLflow run {files.mlflow_run_id}")
 
 
-Storage = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (PostgreSQL for several workers)")]
-TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI")]
-Root = Annotated[Path | None, typer.Option("--root", help="folder of the embedded SQLite stores (default mlruns)")]
 Smoke = Annotated[bool, typer.Option("--smoke", help="smoke budget, one short epoch, at most 8 trials per study")]
 
 
@@ -268,7 +269,7 @@ def campaign(
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     root: Root = None,
-    data: Annotated[str | None, typer.Option("--data", help="'bundled' or a CSV/Parquet path")] = None,
+    data: DataSource = None,
     config_file: ConfigFile = None,
 ) -> None:
     """The whole plan, stage by stage (20M_h5; 200M and 2B; 20M re-runs; supplemental; report). Rerun to resume."""
@@ -300,7 +301,7 @@ def supplemental_command(
     smoke: Smoke = False,
     root: Root = None,
     tracking_uri: TrackingUri = None,
-    data: Annotated[str | None, typer.Option("--data", help="'bundled' or a CSV/Parquet path")] = None,
+    data: DataSource = None,
     config_file: ConfigFile = None,
 ) -> None:
     """Run a supplemental plan with the main study's best hyperparameters; out-of-band entries are refused."""
