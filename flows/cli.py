@@ -266,6 +266,7 @@ def campaign(
     report: Annotated[bool, typer.Option(help="write the cross-budget report at the end")] = True,
     report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports"),
     trials: Annotated[int | None, typer.Option("--trials", help="completed trials per study (default 50)")] = None,
+    slots: Annotated[int | None, typer.Option(help="trials run at once on each device (small budgets)")] = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     root: Root = None,
@@ -276,7 +277,7 @@ def campaign(
     from flows.campaign import campaign_flow
     from tasks.progress import live_progress
 
-    config = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials)
+    config = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, slots=slots)
     _configure_logging()
     console.print(f"campaign{' (smoke)' if smoke else ''}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
     with live_progress(1 if smoke else config.train.max_epochs, console):
@@ -329,8 +330,10 @@ def _print_supplemental(results: list[dict]) -> None:
 @app.command()
 def demo(root: Root = None, report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports")) -> None:
     """The whole campaign on the embedded defaults with the smoke switch, then the report (minutes on a CPU)."""
+    # smoke trials are short and mostly process start-up: run a few side by side on a laptop's cores
+    slots = max(1, min(4, (os.cpu_count() or 1)))
     campaign(smoke=True, rerun_20m_h5=False, supplemental=["20M-h5-L160-180"], report=True, report_dir=report_dir,
-             trials=None, storage=None, tracking_uri=None, root=root, data=None, config_file=None)
+             trials=None, slots=slots, storage=None, tracking_uri=None, root=root, data=None, config_file=None)
 
 
 if __name__ == "__main__":
