@@ -24,6 +24,7 @@ import os
 import threading
 import time
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,7 +167,8 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
     client = mlflow_client(config.stores)
     storage = optuna_storage(config.stores, config, client)
     name, version = resolve_study_name(spec, storage)
-    sampler = optuna.samplers.TPESampler(seed=config.study.sampler_seed + version)
+    # seeded per study: reproducible, and two studies (or versions) do not sample in lockstep
+    sampler = optuna.samplers.TPESampler(seed=config.study.sampler_seed + zlib.crc32(name.encode()) % 100_000)
     try:
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
         created = True
