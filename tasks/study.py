@@ -295,8 +295,9 @@ def next_trial(handle: StudyHandle, poll_s: float = 2.0, block: bool = True) -> 
         if counts["complete"] >= cfg.n_trials:
             return None
         if cfg.timeout_hours is not None and time.monotonic() - handle.started_at > cfg.timeout_hours * 3600:
-            handle.stop_reason = f"timeout after {cfg.timeout_hours:g} h at {counts['complete']}/{cfg.n_trials} trials"
-            log.warning("Timeout after %g h: stopping at %d/%d trials", cfg.timeout_hours, counts["complete"], cfg.n_trials)
+            if handle.stop_reason is None:  # said once, though slots may poll until their trials end
+                handle.stop_reason = f"timeout after {cfg.timeout_hours:g} h at {counts['complete']}/{cfg.n_trials} trials"
+                log.warning("Timeout after %g h: stopping at %d/%d trials", cfg.timeout_hours, counts["complete"], cfg.n_trials)
             return None
         if handle.failures >= cfg.failure_limit:
             raise StudyStopped(
