@@ -65,7 +65,7 @@ def run_stage(label: str, names: list[str], config: HpoConfig, smoke: bool) -> l
     devices = available_devices(config)
     if len(devices) == 1:
         return [study_flow.with_options(flow_run_name=spec.base_name)(spec, config) for spec in specs]
-    by_name = {spec.base_name + (f"_v{spec.version}" if spec.version else ""): spec for spec in specs}
+    by_name = {spec.name(spec.version or 1): spec for spec in specs}
     lanes = assign_devices(list(by_name), devices)
     futures = [run_lane.submit([by_name[n] for n in names], config, device) for device, names in lanes.items()]
     return [summary for future in futures for summary in future.result()]

@@ -276,6 +276,36 @@ def _end_run(client: MlflowClient, run_id: str, state: str, tags: dict[str, str]
     client.set_terminated(run_id, "FINISHED" if state == "complete" else "FAILED")
 
 
+def trial_params(budget: str, horizon: int, grid_version: int, arch: Architecture, hparams: dict,
+                 batch_size: int | str, seed: int) -> dict:
+    """The params of every trial run (schemas.tracking.TRIAL_PARAMS), hpo and supplemental alike."""
+    return {
+        "budget": budget,
+        "horizon": horizon,
+        "grid_version": grid_version,
+        **arch.as_dict(),
+        **{k: hparams[k] for k in T.HPARAMS},
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+
+
+def log_epoch(client: MlflowClient, run_id: str, event: dict) -> None:
+    """Per-epoch metrics of a trial process's `epoch` event (step = epoch)."""
+    if event["event"] == "epoch":
+        log_batch(client, run_id, metrics={k: v for k, v in event.items() if k in T.EPOCH_METRICS}, step=int(event["epoch"]))
+
+
+def end_trial_run(client: MlflowClient, run_id: str, outcome: TrialOutcome) -> None:
+    """Close a trial's MLflow run with its outcome: final metrics, or the failure and its reason."""
+    if outcome.complete:
+        final = {k: outcome.result[k] for k in T.FINAL_METRICS if k in outcome.result}
+        _end_run(client, run_id, "complete", {T.TAG_DEVICE: outcome.result.get("device", "unknown")}, metrics=final)
+    else:
+        reason = (outcome.reason or "")[:4000]
+        _end_run(client, run_id, "failed", {T.TAG_FAILURE_KIND: outcome.failure_kind or "error", T.TAG_FAILURE_REASON: reason})
+
+
 # ---------------------------------------------------------------- choosing the next trial
 
 
@@ -347,15 +377,7 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialO
     train_config = handle.config.train.model_copy(update={"seed": seed})
     trial.set_user_attr("architecture", arch.as_dict())  # one write: each attribute is a commit
 
-    params = {
-        "budget": handle.spec.budget,
-        "horizon": handle.spec.horizon,
-        "grid_version": handle.grid_version,
-        **{k: getattr(arch, k) for k in ("arch_idx", "d_model", "n_layers", "n_heads", "d_ff", "d_ff_ratio", "params")},
-        **{k: hp[k] for k in ("learning_rate", "dropout", "weight_decay")},
-        "batch_size": train_config.batch_size,
-        "seed": seed,
-    }
+    params = trial_params(handle.spec.budget, handle.spec.horizon, handle.grid_version, arch, hp, train_config.batch_size, seed)
     tags = {
         T.TAG_RUN_KIND: "trial",
         T.TAG_SOURCE: "hpo",
@@ -383,9 +405,7 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialO
         )
 
     def on_event(event: dict) -> None:
-        if event["event"] == "epoch":
-            metrics = {k: v for k, v in event.items() if k in T.EPOCH_METRICS}
-            log_batch(handle.client, run_id, metrics=metrics, step=int(event["epoch"]))
+        log_epoch(handle.client, run_id, event)
         if progress is not None:
             progress.on_event(handle.name, trial.number, event)
 
@@ -423,10 +443,9 @@ def record_outcome(handle: StudyHandle, trial: optuna.Trial, run_id: str, outcom
     client = handle.client
     if outcome.complete:
         result = outcome.result
-        final = {k: result[k] for k in T.FINAL_METRICS if k in result}
         trial.set_user_attr("result", {k: result[k] for k in ("epochs", "best_epoch", "pred_range")})
         handle.study.tell(trial, result["val_auc"])
-        _end_run(client, run_id, "complete", {T.TAG_DEVICE: result.get("device", "unknown")}, metrics=final)
+        end_trial_run(client, run_id, outcome)
         log.info(
             "Trial %d finished: val_auc=%.4f, pred_min=%.4f, pred_max=%.4f, recall=%.4f, epochs=%d, seconds=%.1f",
             trial.number, result["val_auc"], result["pred_min"], result["pred_max"], result["recall"],
@@ -439,12 +458,7 @@ def record_outcome(handle: StudyHandle, trial: optuna.Trial, run_id: str, outcom
         trial.set_user_attr(ATTR_FAILURE_KIND, outcome.failure_kind)
         trial.set_user_attr(ATTR_FAILURE_REASON, (outcome.reason or "")[:2000])
         handle.study.tell(trial, state=TrialState.FAIL)
-        _end_run(
-            client,
-            run_id,
-            "failed",
-            {T.TAG_FAILURE_KIND: outcome.failure_kind or "error", T.TAG_FAILURE_REASON: (outcome.reason or "")[:4000]},
-        )
+        end_trial_run(client, run_id, outcome)
         log.warning("Trial %d failed: %s: %s", trial.number, outcome.failure_kind, outcome.reason)
 
 

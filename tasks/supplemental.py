@@ -25,6 +25,7 @@ from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
 from tasks.data import cached_dataset
+from tasks.study import end_trial_run, log_epoch, trial_params
 from tasks.tracking import code_version, get_or_create_experiment, log_batch, mlflow_client, search_all_runs
 from tasks.trial_runner import run_trial_process
 
@@ -214,15 +215,7 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
     log_batch(
         client,
         run_id,
-        params={
-            "budget": spec.budget,
-            "horizon": spec.horizon,
-            "grid_version": CURRENT_GRID_VERSION,
-            **{k: getattr(arch, k) for k in ("arch_idx", "d_model", "n_layers", "n_heads", "d_ff", "d_ff_ratio", "params")},
-            **hparams,
-            "batch_size": config.train.batch_size,
-            "seed": seed,
-        },
+        params=trial_params(spec.budget, spec.horizon, CURRENT_GRID_VERSION, arch, hparams, config.train.batch_size, seed),
     )
     log.info(
         "Supplemental %s %s: d_model=%d, n_layers=%d, n_heads=%d, d_ff=%d, params=%s, lr=%g, dropout=%g, weight_decay=%g",
@@ -241,24 +234,11 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
             checkpoint_path=checkpoint,
             **hparams,
         ),
-        on_event=lambda e: e["event"] == "epoch"
-        and log_batch(client, run_id, metrics={k: v for k, v in e.items() if k in T.EPOCH_METRICS}, step=int(e["epoch"])),
+        on_event=lambda event: log_epoch(client, run_id, event),
         stall_timeout_s=config.study.stall_timeout_s,
     )
     checkpoint.unlink(missing_ok=True)
+    end_trial_run(client, run_id, outcome)
     if outcome.complete:
-        log_batch(
-            client,
-            run_id,
-            metrics={k: outcome.result[k] for k in T.FINAL_METRICS if k in outcome.result},
-            tags={T.TAG_STATE: "complete", T.TAG_DEVICE: outcome.result.get("device", "unknown")},
-        )
-        client.set_terminated(run_id, "FINISHED")
         return SupplementalResult(study, entry.id, "complete", f"{params:,} parameters", outcome.result["val_auc"])
-    log_batch(
-        client,
-        run_id,
-        tags={T.TAG_STATE: "failed", T.TAG_FAILURE_KIND: outcome.failure_kind or "error", T.TAG_FAILURE_REASON: outcome.reason or ""},
-    )
-    client.set_terminated(run_id, "FAILED")
     return SupplementalResult(study, entry.id, "failed", f"{outcome.failure_kind}: {outcome.reason}")
