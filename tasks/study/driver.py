@@ -1,5 +1,15 @@
 """One (budget, horizon) study: Optuna decides what runs next, MLflow records what happened.
 
+The study's life, in the order a caller uses it (the Prefect flow, the CLI, the tests and the
+benchmark all go through these same functions):
+- `open_study(spec, config)`: create or resume; the creator enqueues the forced extremes.
+- `run_trials(handle, execute)`: the one study loop. It claims trials (ask + sample here, in one
+  sampler) and hands each trial's number to `execute`, up to `slots` at once, until the study has
+  `n_trials` complete trials, times out, or fails too often. `execute` defaults to `run_trial` in
+  this process; the flow passes a Prefect task that takes only (study name, config, number).
+- `run_trial(handle, number)`: one trial in a child process, tracked as one MLflow run.
+- `finish_study(handle)`: evaluate the best trial on test and close the study run.
+
 Optuna's storage answers "how far is this study" (it is shared by every worker and survives
 restarts); each Optuna trial keeps the id of its one MLflow run (`mlflow_run_id` user attr).
 
@@ -13,19 +23,23 @@ Guarantees, and how:
 - A killed worker's trial stops heart-beating; after `heartbeat_grace_s` any worker fails it,
   marks its MLflow run FAILED (reason worker_lost) and re-enqueues its parameters (at most
   `max_retries` times).
-- The trial itself runs in a child process (tasks.trial_runner): diverged, OOM, crashed and hung
+- The trial itself runs in a child process (tasks.study.trial_process): diverged, OOM, crashed and hung
   trials are failed with their reason in Optuna and MLflow, and the study goes on.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
 import time
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_any
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -37,9 +51,11 @@ from models.arch_grid import Architecture, forced_extremes, get_architectures_fo
 from schemas.config import HpoConfig, SearchSpace, StoreConfig, StudySpec
 from schemas import tracking as T
 from schemas.trial import TrialRequest
-from tasks.data import cached_dataset
-from tasks.tracking import code_version, get_or_create_experiment, log_batch, mlflow_client
-from tasks.trial_runner import TrialOutcome, run_trial_process
+from tasks.data.dataset import cached_dataset
+from tasks.study.progress import current_progress
+from tasks.tracking.predictions import log_scores_file, scores_path
+from tasks.study.trial_process import TrialOutcome, run_trial_process
+from tasks.tracking.runs import end_run, ensure_study_run, get_or_create_experiment, log_batch, mlflow_client, start_run
 
 log = logging.getLogger("hpo")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -74,7 +90,7 @@ def optuna_storage(stores: StoreConfig, study: HpoConfig | None = None, client: 
         run_id = trial.user_attrs.get(ATTR_MLFLOW_RUN)
         if client is not None and run_id:
             reason = f"worker lost: no heartbeat for {cfg.heartbeat_grace_s} s (process killed or machine lost)"
-            _end_run(client, run_id, "failed", {T.TAG_FAILURE_KIND: "worker_lost", T.TAG_FAILURE_REASON: reason})
+            end_run(client, run_id, "failed", {T.TAG_FAILURE_KIND: "worker_lost", T.TAG_FAILURE_REASON: reason})
         log.warning("Trial %d failed: worker lost (heartbeat stale); re-enqueued", trial.number)
         retry(optuna_study, trial)
 
@@ -118,7 +134,8 @@ def resolve_study_name(spec: StudySpec, storage: RDBStorage) -> tuple[str, int]:
 
 @dataclass
 class StudyHandle:
-    """A study opened by this worker, with the per-run state (start time, failures)."""
+    """A study opened by this process: its stores, grid and MLflow ids. It holds no per-run
+    state, so one handle per process serves every trial thread."""
 
     name: str
     version: int
@@ -132,10 +149,6 @@ class StudyHandle:
     experiment_id: str
     parent_run_id: str
     dataset_path: Path
-    started_at: float = field(default_factory=time.monotonic)
-    failures: int = 0  # only changed under `lock`: trials of several slots finish in threads
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop_reason: str | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -151,9 +164,16 @@ class StudyHandle:
             "failed": sum(1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(ATTR_FAILURE_KIND) != SURPLUS),
         }
 
+    def live_trial(self, number: int) -> optuna.Trial:
+        """The running trial with this number, as a live Optuna trial (for suggest and tell)."""
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        return optuna.Trial(self.study, trial_id)
+
 
 def suggest(trial: optuna.Trial, n_archs: int, search: SearchSpace) -> dict[str, float | int]:
-    """The search space, in one place: arch_idx over the grid plus three hyperparameters."""
+    """The search space, in one place: arch_idx over the grid plus three hyperparameters. Called
+    once by the loop that claims the trial (the sampler decides) and again by whoever runs it
+    (Optuna then returns the values already drawn)."""
     return {
         "arch_idx": trial.suggest_categorical("arch_idx", list(range(n_archs))),
         "learning_rate": trial.suggest_categorical("learning_rate", list(search.learning_rates)),
@@ -162,18 +182,21 @@ def suggest(trial: optuna.Trial, n_archs: int, search: SearchSpace) -> dict[str,
     }
 
 
+def _sampler(name: str, config: HpoConfig) -> optuna.samplers.BaseSampler:
+    # seeded per study: reproducible, and two studies (or versions) do not sample in lockstep
+    return optuna.samplers.TPESampler(seed=config.study.sampler_seed + zlib.crc32(name.encode()) % 100_000)
+
+
 def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
-    """Create or resume a study; the creating worker enqueues the extremes and the parent run."""
+    """Create or resume a study; the creating worker enqueues the extremes and the study run."""
     client = mlflow_client(config.stores)
     storage = optuna_storage(config.stores, config, client)
     name, version = resolve_study_name(spec, storage)
-    # seeded per study: reproducible, and two studies (or versions) do not sample in lockstep
-    sampler = optuna.samplers.TPESampler(seed=config.study.sampler_seed + zlib.crc32(name.encode()) % 100_000)
     try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
+        study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(name, config), direction="maximize")
         created = True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(name, config))
         created = False
     experiment_id = get_or_create_experiment(client, name, config.stores.artifact_root)
 
@@ -182,50 +205,66 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
         for key, value in {"budget": spec.budget, "horizon": spec.horizon, "version": version, "grid_version": grid_version}.items():
             study.set_user_attr(key, value)
         grid = get_architectures_for_budget(spec.budget, grid_version=grid_version)
-        parent = client.create_run(
-            experiment_id,
-            run_name=name,
-            tags={
-                T.TAG_RUN_KIND: "study",
-                T.TAG_STUDY: name,
-                T.TAG_STUDY_VERSION: str(version),
-                T.TAG_BUDGET: spec.budget,
-                T.TAG_HORIZON: str(spec.horizon),
-                T.TAG_CODE_VERSION: code_version(),
-                "smoke_of": spec.smoke_of or "",
-            },
+        parent_run_id = ensure_study_run(
+            client, experiment_id, study=name, budget=spec.budget, horizon=spec.horizon, version=version,
+            source="hpo", smoke_of=spec.smoke_of,
         )
-        log_batch(client, parent.info.run_id, params={"grid_version": grid_version, "grid_size": len(grid)})
-        study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+        log_batch(client, parent_run_id, params={"grid_version": grid_version, "grid_size": len(grid)})
+        study.set_user_attr("mlflow_parent_run_id", parent_run_id)
         enqueue_extremes(study, grid, config.search)
         study.set_user_attr("extremes_enqueued", True)
     else:
         _wait_for_creator(study)
-        grid_version = int(study.user_attrs["grid_version"])
-        grid = get_architectures_for_budget(spec.budget, grid_version=grid_version)
 
-    parent_run_id = study.user_attrs["mlflow_parent_run_id"]
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if complete < config.study.n_trials:  # work to do: the study run is running again
-        client.update_run(parent_run_id, status="RUNNING")
-        client.set_tag(parent_run_id, "study_state", "running")
-    _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
-    handle = StudyHandle(
-        name=name,
-        version=version,
+    handle = _handle(study, storage, client, experiment_id, config)
+    if handle.counts()["complete"] < config.study.n_trials:  # work to do: the study run is running again
+        client.update_run(handle.parent_run_id, status="RUNNING")
+        client.set_tag(handle.parent_run_id, T.TAG_STUDY_STATE, "running")
+    reconcile_runs(handle)
+    return handle
+
+
+def _handle(study: optuna.Study, storage: RDBStorage, client: MlflowClient, experiment_id: str,
+            config: HpoConfig) -> StudyHandle:
+    attrs = study.user_attrs
+    grid_version = int(attrs["grid_version"])
+    spec = StudySpec.parse(study.study_name)
+    _, dataset_path = cached_dataset(config.data, int(attrs["horizon"]), config.stores.cache_dir)
+    return StudyHandle(
+        name=study.study_name,
+        version=int(attrs.get("version", spec.version or 1)),
         spec=spec,
         config=config,
         study=study,
         storage=storage,
-        grid=grid,
+        grid=get_architectures_for_budget(attrs["budget"], grid_version=grid_version),
         grid_version=grid_version,
         client=client,
         experiment_id=experiment_id,
-        parent_run_id=parent_run_id,
+        parent_run_id=attrs["mlflow_parent_run_id"],
         dataset_path=dataset_path,
     )
-    reconcile_runs(handle)
-    return handle
+
+
+_ATTACHED: dict[tuple[str, str], StudyHandle] = {}
+_ATTACH_LOCK = threading.Lock()
+
+
+def attach_study(name: str, config: HpoConfig) -> StudyHandle:
+    """An existing study by name, opened once per process and config (what a trial task uses:
+    it gets values, not a handle, and opens the stores itself)."""
+    key = (name, config.model_dump_json())
+    with _ATTACH_LOCK:
+        if key not in _ATTACHED:
+            client = mlflow_client(config.stores)
+            storage = optuna_storage(config.stores, config, client)
+            try:
+                study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(name, config))
+            except KeyError:
+                raise LookupError(f"no study {name!r} in {config.stores.optuna_url}; open it first (`hpo run ...`)") from None
+            experiment_id = get_or_create_experiment(client, name, config.stores.artifact_root)
+            _ATTACHED[key] = _handle(study, storage, client, experiment_id, config)
+        return _ATTACHED[key]
 
 
 def _wait_for_creator(study: optuna.Study, timeout_s: float = 120.0) -> None:
@@ -252,28 +291,15 @@ def reconcile_runs(handle: StudyHandle) -> None:
     finished trial: end it with the trial's real state."""
     for trial in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         run_id = trial.user_attrs.get(ATTR_MLFLOW_RUN)
-        if not run_id:
-            continue
-        run = handle.client.get_run(run_id)
-        if run.info.status != "RUNNING":
+        if not run_id or handle.client.get_run(run_id).info.status != "RUNNING":
             continue
         if trial.state == TrialState.COMPLETE:
-            _end_run(handle.client, run_id, "complete", {})
+            end_run(handle.client, run_id, "complete")
         else:
-            _end_run(
-                handle.client,
-                run_id,
-                "failed",
-                {
-                    T.TAG_FAILURE_KIND: trial.user_attrs.get(ATTR_FAILURE_KIND, "worker_lost"),
-                    T.TAG_FAILURE_REASON: trial.user_attrs.get(ATTR_FAILURE_REASON, "worker lost before recording"),
-                },
-            )
-
-
-def _end_run(client: MlflowClient, run_id: str, state: str, tags: dict[str, str], metrics: dict | None = None) -> None:
-    log_batch(client, run_id, metrics=metrics, tags={T.TAG_STATE: state, **tags})
-    client.set_terminated(run_id, "FINISHED" if state == "complete" else "FAILED")
+            end_run(handle.client, run_id, "failed", {
+                T.TAG_FAILURE_KIND: trial.user_attrs.get(ATTR_FAILURE_KIND, "worker_lost"),
+                T.TAG_FAILURE_REASON: trial.user_attrs.get(ATTR_FAILURE_REASON, "worker lost before recording"),
+            })
 
 
 def trial_params(budget: str, horizon: int, grid_version: int, arch: Architecture, hparams: dict,
@@ -300,38 +326,85 @@ def end_trial_run(client: MlflowClient, run_id: str, outcome: TrialOutcome) -> N
     """Close a trial's MLflow run with its outcome: final metrics, or the failure and its reason."""
     if outcome.complete:
         final = {k: outcome.result[k] for k in T.FINAL_METRICS if k in outcome.result}
-        _end_run(client, run_id, "complete", {T.TAG_DEVICE: outcome.result.get("device", "unknown")}, metrics=final)
+        end_run(client, run_id, "complete", {T.TAG_DEVICE: outcome.result.get("device", "unknown")}, metrics=final)
     else:
         reason = (outcome.reason or "")[:4000]
-        _end_run(client, run_id, "failed", {T.TAG_FAILURE_KIND: outcome.failure_kind or "error", T.TAG_FAILURE_REASON: reason})
+        end_run(client, run_id, "failed", {T.TAG_FAILURE_KIND: outcome.failure_kind or "error", T.TAG_FAILURE_REASON: reason})
 
 
-# ---------------------------------------------------------------- choosing the next trial
+# ---------------------------------------------------------------- the study loop
+
+
+TrialExecutor = Callable[[int], dict]  # trial number -> {"state", "val_auc", "failure"}
+
+
+def run_trials(handle: StudyHandle, execute: TrialExecutor | None = None, poll_s: float = 2.0) -> str | None:
+    """The study loop: run trials, up to `slots` at once on this worker, until the study has
+    `n_trials` complete trials; returns why it stopped early (a timeout), or None.
+
+    Claims follow `next_trial`'s rules, so n_trials stays exact with any number of workers and
+    slots. Raises StudyStopped after `failure_limit` failed trials of this run (the running ones
+    finish first). An exception from `execute` (not a failed trial: those are results) stops the
+    loop and is raised once the running trials have ended.
+    """
+    cfg = handle.config.study
+    progress = current_progress()
+    if execute is None:
+        def execute(number: int) -> dict:
+            return run_trial(handle, number, progress)
+    if progress is not None:
+        progress.study(handle.name, cfg.n_trials, handle.counts()["complete"])
+    loop = _LoopState(started=time.monotonic())
+    running: set[Future] = set()
+    with ThreadPoolExecutor(max_workers=cfg.slots, thread_name_prefix=f"{handle.name}-slot") as slots:
+        while True:
+            for future in [f for f in running if f.done()]:
+                running.discard(future)
+                if future.result()["state"] != "complete":
+                    loop.failures += 1
+            number = next_trial(handle, loop, block=False) if len(running) < cfg.slots else WAIT
+            if number is None and not running:
+                return loop.stop_reason
+            if number is None or number == WAIT:
+                if running:
+                    wait_for_any(running, timeout=poll_s, return_when=FIRST_COMPLETED)
+                else:
+                    time.sleep(poll_s)
+                continue
+            # each trial thread sees the caller's context (Prefect's flow run, the progress bars)
+            running.add(slots.submit(contextvars.copy_context().run, execute, number))
+
+
+@dataclass
+class _LoopState:
+    """What one run of the loop remembers: when it started, its failures, why it stopped."""
+
+    started: float
+    failures: int = 0
+    stop_reason: str | None = None
 
 
 WAIT = "wait"  # next_trial(block=False): the remaining slots are taken by running trials
 
 
-def next_trial(handle: StudyHandle, poll_s: float = 2.0, block: bool = True) -> optuna.Trial | None | str:
-    """The next trial this worker should run, or None when the study (or this run) is done.
-
-    With block=False it returns WAIT instead of sleeping while running trials (this worker's
-    own, in other slots, or other workers') may still complete the study.
-    """
+def next_trial(handle: StudyHandle, loop: _LoopState, poll_s: float = 2.0, block: bool = True) -> int | str | None:
+    """Claim the next trial for this worker and draw its parameters; its number, or None when
+    the study (or this run) is done. With block=False it returns WAIT instead of sleeping while
+    running trials (this worker's own or other workers') may still complete the study."""
     cfg = handle.config.study
     while True:
         optuna.storages.fail_stale_trials(handle.study)
         counts = handle.counts()
         if counts["complete"] >= cfg.n_trials:
             return None
-        if cfg.timeout_hours is not None and time.monotonic() - handle.started_at > cfg.timeout_hours * 3600:
-            if handle.stop_reason is None:  # said once, though slots may poll until their trials end
-                handle.stop_reason = f"timeout after {cfg.timeout_hours:g} h at {counts['complete']}/{cfg.n_trials} trials"
+        if cfg.timeout_hours is not None and time.monotonic() - loop.started > cfg.timeout_hours * 3600:
+            if loop.stop_reason is None:  # said once, though slots may poll until their trials end
+                loop.stop_reason = f"timeout after {cfg.timeout_hours:g} h at {counts['complete']}/{cfg.n_trials} trials"
                 log.warning("Timeout after %g h: stopping at %d/%d trials", cfg.timeout_hours, counts["complete"], cfg.n_trials)
             return None
-        if handle.failures >= cfg.failure_limit:
+        if loop.failures >= cfg.failure_limit:
             raise StudyStopped(
-                f"{handle.name}: {handle.failures} trials failed in this run (limit {cfg.failure_limit}); "
+                f"{handle.name}: {loop.failures} trials failed in this run (limit {cfg.failure_limit}); "
                 "see the failure_reason of the failed runs in MLflow, fix the cause, and run again to resume"
             )
         if counts["complete"] + counts["running"] >= cfg.n_trials:
@@ -346,7 +419,8 @@ def next_trial(handle: StudyHandle, poll_s: float = 2.0, block: bool = True) -> 
             trial.set_user_attr(ATTR_FAILURE_REASON, "another worker took the last slot first")
             handle.study.tell(trial, state=TrialState.FAIL)
             continue
-        return trial
+        suggest(trial, len(handle.grid), handle.config.search)  # the one sampler draws here
+        return trial.number
 
 
 def _is_surplus(handle: StudyHandle, trial: optuna.Trial) -> bool:
@@ -367,50 +441,29 @@ def trial_description(number: int, arch: Architecture, hp: dict) -> str:
     )
 
 
-def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialOutcome:
-    """Train one trial in a child process, tracked as one MLflow run; never raises for the trial."""
-    hp = suggest(trial, len(handle.grid), handle.config.search)
+def run_trial(handle: StudyHandle, number: int, progress=None) -> dict:
+    """Train one claimed trial in a child process, tracked as one MLflow run; never raises for
+    the trial's own failures. Returns {"state", "val_auc", "failure"}."""
+    trial = handle.live_trial(number)
+    hp = suggest(trial, len(handle.grid), handle.config.search)  # the values drawn when it was claimed
     arch = handle.grid[hp["arch_idx"]]
     extreme = trial.user_attrs.get(ATTR_EXTREME, "none")
     retry_of = handle.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
-    seed = handle.config.train.seed + (retry_of if retry_of is not None else trial.number)
+    seed = handle.config.train.seed + (retry_of if retry_of is not None else number)
     train_config = handle.config.train.model_copy(update={"seed": seed})
     trial.set_user_attr("architecture", arch.as_dict())  # one write: each attribute is a commit
-
-    params = trial_params(handle.spec.budget, handle.spec.horizon, handle.grid_version, arch, hp, train_config.batch_size, seed)
-    tags = {
-        T.TAG_RUN_KIND: "trial",
-        T.TAG_SOURCE: "hpo",
-        T.TAG_STUDY: handle.name,
-        T.TAG_STUDY_VERSION: str(handle.version),
-        T.TAG_BUDGET: handle.spec.budget,
-        T.TAG_HORIZON: str(handle.spec.horizon),
-        T.TAG_TRIAL_NUMBER: str(trial.number),
-        T.TAG_EXTREME_TYPE: extreme,
-        T.TAG_STATE: "running",
-        T.TAG_CODE_VERSION: code_version(),
-        "mlflow.parentRunId": handle.parent_run_id,
-        "optuna_trial_id": str(trial._trial_id),
-    }
-    if retry_of is not None:
-        tags[T.TAG_RETRY_OF] = str(retry_of)
-    run = handle.client.create_run(handle.experiment_id, run_name=T.trial_run_name(handle.name, trial.number), tags=tags)
-    run_id = run.info.run_id
-    trial.set_user_attr(ATTR_MLFLOW_RUN, run_id)
-    log_batch(handle.client, run_id, params=params)
-    log.info(trial_description(trial.number, arch, hp) + (f" [forced extreme: {extreme}]" if extreme != "none" else ""))
+    run_id = _start_trial_run(handle, trial, arch, hp, extreme, retry_of, train_config)
+    log.info(trial_description(number, arch, hp) + (f" [forced extreme: {extreme}]" if extreme != "none" else ""))
     if progress is not None:
-        progress.trial_started(
-            handle.name, trial.number, f"d={arch.d_model} L={arch.n_layers} h={arch.n_heads} lr={hp['learning_rate']:g}"
-        )
+        progress.trial_started(handle.name, number, f"d={arch.d_model} L={arch.n_layers} h={arch.n_heads} lr={hp['learning_rate']:g}")
 
     def on_event(event: dict) -> None:
         log_epoch(handle.client, run_id, event)
         if progress is not None:
-            progress.on_event(handle.name, trial.number, event)
+            progress.on_event(handle.name, number, event)
 
     request = TrialRequest(
-        trial_number=trial.number,
+        trial_number=number,
         dataset_path=handle.dataset_path,
         window=handle.config.data.window,
         arch=arch,
@@ -418,7 +471,7 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialO
         dropout=hp["dropout"],
         weight_decay=hp["weight_decay"],
         train=train_config,
-        checkpoint_path=handle.checkpoint_dir / f"trial_{trial.number}.pt",
+        checkpoint_path=handle.checkpoint_dir / f"trial_{number}.pt",
         # trials in several slots share the CPU cores (data prep, CPU training) instead of fighting over them
         threads=max(1, (os.cpu_count() or 1) // handle.config.study.slots),
     )
@@ -430,22 +483,46 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, progress=None) -> TrialO
         stall_timeout_s=handle.config.study.stall_timeout_s,
     )
     record_outcome(handle, trial, run_id, outcome)
+    if outcome.complete:
+        log_scores_file(handle.client, run_id, scores_path(request.checkpoint_path, "val"))
     if progress is not None:
         done = f"val_auc={outcome.result['val_auc']:.4f}" if outcome.complete else f"failed ({outcome.failure_kind})"
-        progress.trial_finished(handle.name, trial.number, done)
+        progress.trial_finished(handle.name, number, done)
         progress.study(handle.name, handle.config.study.n_trials, handle.counts()["complete"])
-    return outcome
+    return {"state": outcome.state, "val_auc": outcome.result.get("val_auc"), "failure": outcome.failure_kind}
+
+
+def _start_trial_run(handle: StudyHandle, trial: optuna.Trial, arch: Architecture, hp: dict, extreme: str,
+                     retry_of: int | None, train_config) -> str:
+    tags = {
+        T.TAG_STUDY_VERSION: handle.version,
+        T.TAG_BUDGET: handle.spec.budget,
+        T.TAG_HORIZON: handle.spec.horizon,
+        T.TAG_TRIAL_NUMBER: trial.number,
+        T.TAG_EXTREME_TYPE: extreme,
+        T.TAG_STATE: "running",
+        T.TAG_OPTUNA_TRIAL_ID: trial._trial_id,
+    }
+    if retry_of is not None:
+        tags[T.TAG_RETRY_OF] = retry_of
+    run_id = start_run(
+        handle.client, handle.experiment_id, run_kind="trial", source="hpo", study=handle.name,
+        name=T.trial_run_name(handle.name, trial.number), parent_run_id=handle.parent_run_id, tags=tags,
+        params=trial_params(handle.spec.budget, handle.spec.horizon, handle.grid_version, arch, hp,
+                            train_config.batch_size, train_config.seed),
+    )
+    trial.set_user_attr(ATTR_MLFLOW_RUN, run_id)
+    return run_id
 
 
 def record_outcome(handle: StudyHandle, trial: optuna.Trial, run_id: str, outcome: TrialOutcome) -> None:
     """Optuna first (the source of truth for progress), then MLflow; `reconcile_runs` repairs a
     crash between the two."""
-    client = handle.client
     if outcome.complete:
         result = outcome.result
         trial.set_user_attr("result", {k: result[k] for k in ("epochs", "best_epoch", "pred_range")})
         handle.study.tell(trial, result["val_auc"])
-        end_trial_run(client, run_id, outcome)
+        end_trial_run(handle.client, run_id, outcome)
         log.info(
             "Trial %d finished: val_auc=%.4f, pred_min=%.4f, pred_max=%.4f, recall=%.4f, epochs=%d, seconds=%.1f",
             trial.number, result["val_auc"], result["pred_min"], result["pred_max"], result["recall"],
@@ -453,12 +530,10 @@ def record_outcome(handle: StudyHandle, trial: optuna.Trial, run_id: str, outcom
         )
         prune_checkpoints(handle)
     else:
-        with handle.lock:
-            handle.failures += 1
         trial.set_user_attr(ATTR_FAILURE_KIND, outcome.failure_kind)
         trial.set_user_attr(ATTR_FAILURE_REASON, (outcome.reason or "")[:2000])
         handle.study.tell(trial, state=TrialState.FAIL)
-        end_trial_run(client, run_id, outcome)
+        end_trial_run(handle.client, run_id, outcome)
         log.warning("Trial %d failed: %s: %s", trial.number, outcome.failure_kind, outcome.reason)
 
 
@@ -476,60 +551,63 @@ def prune_checkpoints(handle: StudyHandle) -> None:
 # ---------------------------------------------------------------- finishing
 
 
-def finish_study(handle: StudyHandle) -> dict[str, object]:
+def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[str, object]:
     """Summarise; when the study has all its trials, evaluate the best on test and log it."""
     counts = handle.counts()
     summary: dict[str, object] = {"study": handle.name, **counts, "n_trials": handle.config.study.n_trials}
     client, parent = handle.client, handle.parent_run_id
     if counts["complete"] < handle.config.study.n_trials:
-        summary["state"] = "stopped"
-        summary["reason"] = handle.stop_reason
-        client.set_tag(parent, "study_state", "stopped")
-        client.set_terminated(parent, "KILLED")
+        summary.update(state="stopped", reason=stop_reason)
+        end_run(client, parent, "stopped", {T.TAG_STUDY_STATE: "stopped"})
         return summary
 
     best = handle.study.best_trial
     summary.update(state="complete", best_trial=best.number, best_val_auc=best.value)
     recorded = client.get_run(parent).data
-    if recorded.tags.get("study_state") == "complete" and recorded.tags.get("best_trial") == str(best.number):
+    if recorded.tags.get(T.TAG_STUDY_STATE) == "complete" and recorded.tags.get(T.TAG_BEST_TRIAL) == str(best.number):
         # finished before (a campaign resuming, or a second worker): nothing new to evaluate
         summary["best_test_auc"] = recorded.metrics.get("best_test_auc")
         return summary
-    checkpoint = handle.checkpoint_dir / f"trial_{best.number}.pt"
-    test_auc = None
-    if checkpoint.exists():
-        outcome = run_trial_process(
-            TrialRequest(
-                mode="evaluate",
-                trial_number=best.number,
-                dataset_path=handle.dataset_path,
-                window=handle.config.data.window,
-                arch=handle.grid[best.params["arch_idx"]],
-                train=handle.config.train,
-                checkpoint_path=checkpoint,
-                split="test",
-            ),
-            stall_timeout_s=handle.config.study.stall_timeout_s,
-        )
-        if outcome.complete:
-            test_auc = outcome.result["auc"]
-            client.log_artifact(parent, str(checkpoint), artifact_path="best_model")
-        else:
-            log.warning("Test evaluation of trial %d failed: %s", best.number, outcome.reason)
+    test_auc = evaluate_on_test(handle, best)
     summary["best_test_auc"] = test_auc
-    log_batch(
-        client,
-        parent,
-        metrics={"best_val_auc": best.value, "best_test_auc": test_auc, "n_complete": counts["complete"], "n_failed": counts["failed"]},
-        tags={"best_trial": str(best.number), "best_run_id": best.user_attrs.get(ATTR_MLFLOW_RUN, ""), "study_state": "complete"},
-    )
-    client.set_terminated(parent, "FINISHED")
+    metrics = dict(zip(T.STUDY_METRICS, (best.value, test_auc, counts["complete"], counts["failed"])))
+    end_run(client, parent, "complete", metrics=metrics, tags={
+        T.TAG_BEST_TRIAL: str(best.number),
+        T.TAG_BEST_RUN_ID: best.user_attrs.get(ATTR_MLFLOW_RUN, ""),
+        T.TAG_STUDY_STATE: "complete",
+    })
     return summary
 
 
-def run_study(spec: StudySpec, config: HpoConfig, progress=None) -> dict[str, object]:
-    """The whole study loop without Prefect (the flow does the same with tasks)."""
+def evaluate_on_test(handle: StudyHandle, best: FrozenTrial) -> float | None:
+    """The selected trial's test AUC (the only time a study touches the test split)."""
+    checkpoint = handle.checkpoint_dir / f"trial_{best.number}.pt"
+    if not checkpoint.exists():
+        log.warning("No checkpoint of trial %d on this worker: test AUC not evaluated", best.number)
+        return None
+    outcome = run_trial_process(
+        TrialRequest(
+            mode="evaluate",
+            trial_number=best.number,
+            dataset_path=handle.dataset_path,
+            window=handle.config.data.window,
+            arch=handle.grid[best.params["arch_idx"]],
+            train=handle.config.train,
+            checkpoint_path=checkpoint,
+            split="test",
+        ),
+        stall_timeout_s=handle.config.study.stall_timeout_s,
+    )
+    if not outcome.complete:
+        log.warning("Test evaluation of trial %d failed: %s", best.number, outcome.reason)
+        return None
+    handle.client.log_artifact(handle.parent_run_id, str(checkpoint), artifact_path="best_model")
+    log_scores_file(handle.client, best.user_attrs.get(ATTR_MLFLOW_RUN), scores_path(checkpoint, "test"))
+    return outcome.result["auc"]
+
+
+def run_study(spec: StudySpec, config: HpoConfig, execute: TrialExecutor | None = None) -> dict[str, object]:
+    """A whole study without Prefect: the same three steps the study flow runs as tasks."""
     handle = open_study(spec, config)
-    while (trial := next_trial(handle)) is not None:
-        run_trial(handle, trial, progress)
-    return finish_study(handle)
+    stop_reason = run_trials(handle, execute)
+    return finish_study(handle, stop_reason)

@@ -24,10 +24,10 @@ from models.arch_grid import (
 from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
-from tasks.data import cached_dataset
-from tasks.study import end_trial_run, log_epoch, trial_params
-from tasks.tracking import code_version, get_or_create_experiment, log_batch, mlflow_client, search_all_runs
-from tasks.trial_runner import run_trial_process
+from tasks.data.dataset import cached_dataset
+from tasks.study.driver import end_trial_run, log_epoch, trial_params
+from tasks.tracking.runs import ensure_study_run, get_or_create_experiment, mlflow_client, search_all_runs, start_run
+from tasks.study.trial_process import run_trial_process
 
 log = logging.getLogger("hpo")
 
@@ -72,25 +72,28 @@ PLANS: dict[str, SupplementalPlan] = {
     ),
 }
 
-# Under the smoke switch each plan keeps its shape on the smoke budget: deep-and-narrow stand-ins
-# with the same spread of n_heads, and one entry deliberately outside the band, like S3.
+# Under the smoke switch each plan keeps its shape on its budget's smoke-ladder band: the
+# deepest, narrowest stand-ins the band holds, the same spread of n_heads, and for 20M one entry
+# deliberately outside the band, like S3 (d_ff 128: 22,033 parameters against smoke-20M's 13,000).
 SMOKE_PLANS: dict[str, SupplementalPlan] = {
     "2M-L64": SupplementalPlan(
-        budget="smoke",
+        budget="smoke-2M",
         horizons=(1, 3, 5),
         entries=(
-            SupplementalEntry("S1", 32, 3, 4, 64),
-            SupplementalEntry("S2", 32, 3, 2, 64),
-            SupplementalEntry("S3", 32, 3, 1, 64),
+            SupplementalEntry("S1", 8, 6, 4, 16),
+            SupplementalEntry("S2", 8, 6, 2, 16),
+            SupplementalEntry("S3", 8, 6, 1, 16),
         ),
     ),
     "20M-h5-L160-180": SupplementalPlan(
-        budget="smoke",
+        budget="smoke-20M",
         horizons=(5,),
         entries=(
-            SupplementalEntry("S1", 48, 3, 4, 96),
-            SupplementalEntry("S2", 48, 3, 2, 96),
-            SupplementalEntry("S3", 48, 3, 4, 512),
+            SupplementalEntry("S1", 16, 4, 2, 32),
+            SupplementalEntry("S2", 16, 4, 1, 32),
+            SupplementalEntry("S3", 16, 4, 2, 128),
+            SupplementalEntry("S4", 16, 5, 2, 32),
+            SupplementalEntry("S5", 16, 5, 1, 32),
         ),
     ),
 }
@@ -194,27 +197,22 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
         params=params,
     )
     seed = config.train.seed
-    run = client.create_run(
-        experiment_id,
-        run_name=T.trial_run_name(study, entry.id),
+    parent = ensure_study_run(
+        client, experiment_id, study=study, budget=spec.budget, horizon=spec.horizon,
+        version=StudySpec.parse(study).version or 1, source="supplemental", smoke_of=spec.smoke_of,
+    )
+    run_id = start_run(
+        client, experiment_id, run_kind="trial", source="supplemental", name=T.trial_run_name(study, entry.id),
+        study=study, parent_run_id=parent,
         tags={
-            T.TAG_RUN_KIND: "trial",
-            T.TAG_SOURCE: "supplemental",
             T.TAG_SUPPLEMENTAL_ID: entry.id,
-            T.TAG_STUDY: study,
             T.TAG_BUDGET: spec.budget,
-            T.TAG_HORIZON: str(spec.horizon),
+            T.TAG_HORIZON: spec.horizon,
             T.TAG_TRIAL_NUMBER: entry.id,
             T.TAG_EXTREME_TYPE: "none",
             T.TAG_STATE: "running",
-            T.TAG_CODE_VERSION: code_version(),
-            "hparams_from_run": best_run,
+            T.TAG_HPARAMS_FROM_RUN: best_run,
         },
-    )
-    run_id = run.info.run_id
-    log_batch(
-        client,
-        run_id,
         params=trial_params(spec.budget, spec.horizon, CURRENT_GRID_VERSION, arch, hparams, config.train.batch_size, seed),
     )
     log.info(

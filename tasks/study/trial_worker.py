@@ -1,4 +1,4 @@
-"""The trial process: `python -m tasks.trial_worker REQUEST.json`.
+"""The trial process: `python -m tasks.study.trial_worker REQUEST.json`.
 
 It trains (or evaluates) one architecture and reports on stdout; it never touches Optuna or
 MLflow. Running it as a separate process is what keeps a crash, an OOM or a hung kernel from
@@ -44,8 +44,8 @@ ALIVE_EVERY_S = 10.0
 def _train(request: TrialRequest) -> int:
     import torch
 
-    from tasks.data import PreparedData
-    from tasks.train import Hyperparams, TrialFailure, train_model
+    from tasks.data.prepared import PreparedData
+    from tasks.training.trainer import Hyperparams, TrialFailure, train_model
 
     fault = injected_fault(request.trial_number)
     if fault == "crash":
@@ -88,20 +88,31 @@ def _train(request: TrialRequest) -> int:
     tmp = request.checkpoint_path.with_suffix(".tmp")
     torch.save({"arch": request.arch.as_dict(), "state": state, "dropout": request.dropout}, tmp)
     tmp.replace(request.checkpoint_path)
+    write_scores(request, data, arch, state, "val")
     emit("result", **result.as_dict())
     return 0
+
+
+def write_scores(request: TrialRequest, data, arch, state, split: str) -> float:
+    """The split's scores of these weights, encoded beside the checkpoint for the driver to log
+    (tasks.tracking.predictions); their AUC."""
+    from tasks.tracking.predictions import encode, scores_path, split_digest
+    from tasks.training.trainer import auc, predict_state
+
+    probs = predict_state(data, arch, state, request.train, split)
+    labels = data.labels[split] == 1
+    scores_path(request.checkpoint_path, split).write_bytes(encode(split, probs, labels, split_digest(data, split)))
+    return auc(labels, probs)
 
 
 def _evaluate(request: TrialRequest) -> int:
     import torch
 
     from models.arch_grid import Architecture
-    from tasks.data import PreparedData
-    from tasks.train import evaluate_state
-
+    from tasks.data.prepared import PreparedData
     checkpoint = torch.load(request.checkpoint_path, map_location="cpu", weights_only=True)
     data = PreparedData.load(request.dataset_path)
-    value = evaluate_state(data, Architecture(**checkpoint["arch"]), checkpoint["state"], request.train, request.split)
+    value = write_scores(request, data, Architecture(**checkpoint["arch"]), checkpoint["state"], request.split)
     emit("evaluation", split=request.split, auc=value)
     return 0
 

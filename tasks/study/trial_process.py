@@ -24,7 +24,7 @@ from pathlib import Path
 
 from schemas.trial import EVENT_PREFIX, TrialRequest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -63,7 +63,7 @@ def run_trial_process(
     heartbeat_interval_s: float = 30.0,
     stall_timeout_s: float | None = None,
 ) -> TrialOutcome:
-    """Start `python -m tasks.trial_worker`, follow it to the end, never raise for its failures."""
+    """Start `python -m tasks.study.trial_worker`, follow it to the end, never raise for its failures."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hpo-trial-") as tmp:
         request_path = Path(tmp) / "request.json"
@@ -73,7 +73,7 @@ def run_trial_process(
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         with open(stderr_path, "w+") as stderr:
             child = subprocess.Popen(
-                [sys.executable, "-m", "tasks.trial_worker", str(request_path)],
+                [sys.executable, "-m", "tasks.study.trial_worker", str(request_path)],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 text=True,

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 from rich import box
 from rich.table import Table
@@ -48,7 +46,7 @@ _PREFIX = re.compile(
     r"^(?P<ts>\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[,.]\d{1,6})?)\s+-\s+\S+\s+-\s+[A-Z]+\s+-\s(?P<msg>.*)$"
 )
 _HEADER = re.compile(r"^=== HPO (?P<name>\S+) \| (?P<fields>.*?) ===$")
-# The current study driver (tasks/study.py) appends " [forced extreme: TYPE]" to the start line.
+# The current study driver (tasks/study/driver.py) appends " [forced extreme: TYPE]" to the start line.
 _START = re.compile(r"^Trial (?P<n>\d+): (?P<fields>.*?)(?: \[forced extreme: (?P<kind>[^\]\s]+)\])?$")
 _EXTREME = re.compile(r"^Trial (?P<n>\d+) forced extreme: (?P<kind>\S+)$")
 _FINISHED = re.compile(r"^Trial (?P<n>\d+) finished: (?P<fields>.*)$")
@@ -813,20 +811,3 @@ def summary_table(report: RecoverReport) -> Table:
             cells.append(f"{row.mlflow.created}/{row.mlflow.unchanged}/{row.mlflow.replaced}" if row.mlflow else "-")
         table.add_row(*cells)
     return table
-
-
-# ---------------------------------------------------------------------------------------------
-# Prefect tasks
-# ---------------------------------------------------------------------------------------------
-
-
-@task(name="recover-legacy-file", cache_policy=NO_CACHE)
-def recover_input(path: Path, grid_version: int | None = None) -> Recovered:
-    """Read one legacy log or trial JSON file into validated experiments and problems."""
-    return recover_file(path, grid_version)
-
-
-@task(name="write-legacy-experiment", cache_policy=NO_CACHE)
-def write_experiment_file(experiment: LegacyExperiment, out_dir: Path) -> Path:
-    """Write one recovered experiment as `<out_dir>/<experiment>.json`."""
-    return write_experiment(experiment, out_dir)

@@ -25,8 +25,6 @@ from functools import partial
 import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -35,16 +33,17 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from schemas.config import HORIZONS, DataConfig, HpoConfig, StudySpec
-from schemas.tracking import (
-    TAG_BASELINE_MODEL,
-    TAG_CODE_VERSION,
-    TAG_HORIZON,
-    TAG_RUN_KIND,
-    TAG_SOURCE,
-    TAG_STUDY,
+from schemas.tracking import TAG_BASELINE_KEY, TAG_BASELINE_MODEL, TAG_HORIZON, TAG_RUN_KIND
+from tasks.data.dataset import SPLITS, PreparedData, cached_dataset, dataset_fingerprint
+from tasks.tracking.predictions import encode, log_encoded, split_digest
+from tasks.tracking.runs import (
+    ensure_study_run,
+    get_or_create_experiment,
+    log_batch,
+    mlflow_client,
+    search_all_runs,
+    start_run,
 )
-from tasks.data import SPLITS, PreparedData, cached_dataset, dataset_fingerprint
-from tasks.tracking import code_version, get_or_create_experiment, log_batch, mlflow_client, search_all_runs
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,6 @@ BASELINE_MODELS: tuple[str, ...] = ("logreg", "logreg_flat", "hgb", "base_rate")
 VIEWS: dict[str, str] = {"logreg": "last", "logreg_flat": "window", "hgb": "last", "base_rate": "last"}
 # The hyperparameters each baseline tunes on val (logged as params of those names).
 TUNED: dict[str, tuple[str, ...]] = {"logreg": ("C",), "logreg_flat": ("C",), "hgb": ("max_leaf_nodes", "max_iter"), "base_rate": ()}
-TAG_BASELINE_KEY = "baseline_key"
 # Final metrics of a baseline run: AUCs, the trials' diagnostics (on val) and the class counts
 # the report needs for AUC confidence intervals.
 BASELINE_METRICS: tuple[str, ...] = (
@@ -103,6 +101,7 @@ class BaselineResult:
     test_n_pos: int
     test_n_neg: int
     candidates: list[dict[str, float]] = field(default_factory=list)  # each candidate's params and val AUC
+    predictions: dict[str, bytes] = field(default_factory=dict, repr=False)  # split -> encoded scores
 
     def metrics(self) -> dict[str, float]:
         values = asdict(self)
@@ -190,7 +189,8 @@ def fit_baseline(data: PreparedData, model: str, settings: BaselineSettings = DE
         if best is None or score > best[0]:
             best = (score, params, estimator, probs, seconds)
     val_auc, params, estimator, probs, seconds = best
-    test_auc = float(roc_auc_score(labels["test"], estimator.predict_proba(inputs["test"])[:, 1]))
+    test_probs = estimator.predict_proba(inputs["test"])[:, 1]
+    test_auc = float(roc_auc_score(labels["test"], test_probs))
     positives = labels["val"] == 1
     counts = {f"{split}_n_{kind}": int((labels[split] == value).sum())
               for split in ("val", "test") for kind, value in (("pos", 1), ("neg", 0))}  # fmt: skip
@@ -206,8 +206,14 @@ def fit_baseline(data: PreparedData, model: str, settings: BaselineSettings = DE
         train_seconds=seconds,
         tune_seconds=time.perf_counter() - tune_started,
         candidates=tried,
+        predictions=encoded_scores(data, {"val": probs, "test": test_probs}),
         **counts,
     )
+
+
+def encoded_scores(data: PreparedData, probs: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """The scores per split as the predictions artifact (tasks.tracking.predictions) holds them."""
+    return {split: encode(split, p, data.labels[split] == 1, split_digest(data, split)) for split, p in probs.items()}
 
 
 # --- tracking and caching ---
@@ -230,10 +236,17 @@ def finished_baselines(client: MlflowClient, experiment_id: str, key: str) -> di
     return {run.data.tags[TAG_BASELINE_MODEL]: run for run in runs if TAG_BASELINE_MODEL in run.data.tags}
 
 
-def study_run_id(client: MlflowClient, experiment_id: str, study: str) -> str | None:
-    """The study's parent run, where the study flow has created one."""
-    runs = search_all_runs(client, [experiment_id], f"tags.{TAG_RUN_KIND} = 'study' and tags.{TAG_STUDY} = '{study}'")
-    return min(runs, key=lambda run: run.info.start_time or 0).info.run_id if runs else None
+def study_parent_run(client: MlflowClient, experiment_id: str, study: str) -> str | None:
+    """The study's run when `study` names a study (made on first need); None for a plain
+    baselines experiment such as `baselines_h1`."""
+    try:
+        spec = StudySpec.parse(study)
+    except ValueError:
+        return None
+    return ensure_study_run(
+        client, experiment_id, study=study, budget=spec.budget, horizon=spec.horizon,
+        version=spec.version or 1, source="baseline", smoke_of=spec.smoke_of,
+    )
 
 
 def log_baseline(
@@ -247,17 +260,7 @@ def log_baseline(
     parent_run_id: str | None = None,
 ) -> str:
     """One FINISHED run per baseline, or a FAILED one if logging breaks half-way."""
-    tags = {
-        TAG_RUN_KIND: "baseline",
-        TAG_SOURCE: "baseline",
-        TAG_BASELINE_MODEL: result.model,
-        TAG_STUDY: study,
-        TAG_HORIZON: horizon,
-        TAG_CODE_VERSION: code_version(),
-        TAG_BASELINE_KEY: key,
-    }
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+    tags = {TAG_BASELINE_MODEL: result.model, TAG_HORIZON: horizon, TAG_BASELINE_KEY: key}
     params = {
         "model": result.model,
         **result.hyperparams,
@@ -270,14 +273,19 @@ def log_baseline(
         "dataset_fingerprint": dataset_fingerprint(data, horizon),
         "grid": json.dumps(result.candidates),
     }
-    run = client.create_run(experiment_id, run_name=f"{study} baseline {result.model}", tags={k: str(v) for k, v in tags.items()})
+    run_id = start_run(
+        client, experiment_id, run_kind="baseline", source="baseline", name=f"{study} baseline {result.model}",
+        study=study, parent_run_id=parent_run_id, tags=tags,
+    )
     try:
-        log_batch(client, run.info.run_id, params=params, metrics=result.metrics())
+        log_batch(client, run_id, params=params, metrics=result.metrics())
+        for payload in result.predictions.values():
+            log_encoded(client, run_id, payload)
     except Exception:
-        client.set_terminated(run.info.run_id, "FAILED")
+        client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 # Results fitted in this process, by (baseline_key, model): logging the same baselines into the
@@ -300,7 +308,7 @@ def run_baselines(
     missing = [model for model in models if model not in done]
     if missing:
         data, _ = cached_dataset(config.data, horizon, config.stores.cache_dir)
-        parent = study_run_id(client, experiment_id, study)
+        parent = study_parent_run(client, experiment_id, study)
         for model in missing:
             if (key, model) not in _FITTED:
                 _FITTED[key, model] = fit_baseline(data, model, settings)
@@ -311,12 +319,6 @@ def run_baselines(
     else:
         log.info("%s h%d: baselines %s reused (key %s)", study, horizon, ", ".join(models), key)
     return {model: float(done[model].data.metrics["val_auc"]) for model in models}
-
-
-@task(name="baselines", cache_policy=NO_CACHE)  # MLflow is the cache: see run_baselines
-def baselines_task(config: HpoConfig, study: str, horizon: int) -> dict[str, float]:
-    """Fit (or reuse) the study's baselines; model -> val AUC."""
-    return run_baselines(config, study, horizon)
 
 
 # --- the `hpo baselines` command's helpers ---

@@ -4,7 +4,7 @@ The dataset lives on the training device as one feature matrix; a batch of windo
 indexing (`features[anchors[:, None] + offsets]`), never by a per-sample DataLoader. On CUDA the
 step runs in bf16 autocast with fused AdamW and TF32 for what stays fp32; on CPU in fp32 and
 reproducible for a seed. `batch_size='auto'` trains with the largest batch that fits on the GPU
-(tasks/batch_size.py) and records it in the result. `train_step` is the one step that the trainer,
+(tasks/training/batch_size.py) and records it in the result. `train_step` is the one step that the trainer,
 the batch-size probe and bench/ all run.
 """
 
@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 from models.arch_grid import Architecture
 from models.transformer import ModelConfig, TransformerClassifier
 from schemas.config import TrainConfig
-from tasks.data import PreparedData
-from tasks.features import NUM_FEATURES
+from tasks.data.features import NUM_FEATURES
+from tasks.data.prepared import PreparedData
+from tasks.training.batch_size import BatchSearch, find_largest_batch, is_oom, release_device
 
 
 class TrialFailure(RuntimeError):
@@ -167,7 +167,24 @@ def predict(model: torch.nn.Module, data: DeviceData, split: str, batch_size: in
 
 
 def auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(roc_auc_score(labels, probs))
+    """ROC AUC as the Mann-Whitney statistic with midranks for ties (what sklearn's roc_auc_score
+    computes). Written here because importing scikit-learn costs every trial process ~1.5 s."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs both classes in the labels")
+    _, inverse, counts = np.unique(np.asarray(probs, dtype=np.float64), return_inverse=True, return_counts=True)
+    midranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based, ties share their mean rank
+    return float((midranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """Warmup steps of a run of `total_steps` planned steps: a fraction of them, capped.
+
+    Relative, so that no run spends most of its steps below its learning rate: early stopping
+    (patience 5) would otherwise end a trial before a fixed warmup is over.
+    """
+    return min(config.max_warmup_steps, round(config.warmup_fraction * total_steps))
 
 
 def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -211,6 +228,54 @@ def train_step(
     return loss.detach()
 
 
+def probe_largest_batch(
+    arch: Architecture,
+    hparams: Hyperparams,
+    config: TrainConfig,
+    window: int,
+    data: DeviceData,
+    device: torch.device,
+    *,
+    upper: int,
+) -> BatchSearch:
+    """Search with real training steps of this architecture on this device (meant for CUDA).
+
+    One probe model and optimizer serve every try (built once: a 2B model takes a while); each
+    try runs two full steps (the first allocates AdamW's state) with learning rate 0, the
+    trial's dropout and checkpointing, on real windows. The probe is eager even when
+    config.compile is set: a compiled step needs no more memory than the eager one. The caller
+    frees nothing: every tensor of the probe is released here, before the trial's model is built.
+    """
+    probe_config = config.model_copy(update={"compile": False})
+    probe_hparams = Hyperparams(learning_rate=0.0, dropout=hparams.dropout, weight_decay=hparams.weight_decay)
+    model, step_model, optimizer = build_training(arch, probe_hparams, probe_config, window, device)
+    anchors, labels = data.anchors["train"], data.labels["train"]
+
+    def try_batch(batch_size: int) -> bool:
+        fitted = False
+        try:
+            idx = torch.arange(batch_size, device=device) % len(anchors)
+            x, y = data.batch(anchors[idx]), labels[idx]
+            for _ in range(2):
+                train_step(step_model, optimizer, x, y, config.grad_clip)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # an asynchronous failure surfaces here
+            fitted = True
+        except Exception as exc:  # noqa: BLE001 - only an OOM is an answer; anything else propagates
+            if not is_oom(exc):
+                raise
+        # outside the handler, so the traceback (and the activations its frames hold) is gone
+        optimizer.zero_grad(set_to_none=True)
+        release_device(device)
+        return fitted
+
+    try:
+        return find_largest_batch(try_batch, upper=upper)
+    finally:
+        del model, step_model, optimizer
+        release_device(device)
+
+
 AUTO_BATCH_SIZE_CPU = 256
 
 
@@ -228,8 +293,6 @@ def resolve_batch_size(
     upper = min(config.max_auto_batch_size, len(data.anchors["train"]))
     if device.type != "cuda":
         return min(AUTO_BATCH_SIZE_CPU, upper)
-    from tasks.batch_size import probe_largest_batch  # lazy: tasks.batch_size builds on this module
-
     return probe_largest_batch(arch, hparams, config, window, data, device, upper=upper).batch_size
 
 
@@ -274,9 +337,8 @@ def _train(data, arch, hparams, config, window, device, on_epoch, on_step=None):
     if config.max_batches_per_epoch:
         batches_per_epoch = min(batches_per_epoch, config.max_batches_per_epoch)
     total_steps = batches_per_epoch * config.max_epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, config.warmup_steps, total_steps)
-    )
+    warmup = warmup_steps(config, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
     shuffle = torch.Generator().manual_seed(config.seed)
     val_labels = dev.labels["val"].cpu().numpy()
 
@@ -355,10 +417,21 @@ def evaluate_state(
     split: str = "test",
 ) -> float:
     """AUC of saved weights on a split (the test split: final evaluation of a chosen config)."""
+    return auc(data.labels[split], predict_state(data, arch, state, config, split))
+
+
+def predict_state(
+    data: PreparedData,
+    arch: Architecture,
+    state: dict[str, torch.Tensor],
+    config: TrainConfig,
+    split: str,
+) -> np.ndarray:
+    """Probabilities of saved weights on a split, in the split's window order."""
     device = resolve_device(config.device)
     model = build_model(arch, 0.0, config, data.window)
     model.load_state_dict(copy.deepcopy(state))
     model.to(device)
     dev = DeviceData.from_prepared(data, device)
     probs, _ = predict(model, dev, split, config.eval_batch_size)
-    return auc(data.labels[split], probs)
+    return probs

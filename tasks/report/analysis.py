@@ -1,6 +1,6 @@
 """What a campaign's runs say: pure functions over a DataFrame of MLflow runs, one row per run.
 
-No MLflow, no files, no figures here (`tasks/report.py` queries and renders); every function takes
+No MLflow, no files, no figures here (`tasks/report/render.py` queries and renders); every function takes
 a frame normalised by `normalise_runs` and returns numbers, frames or small dataclasses.
 
 The rules, each in one place (the report prints them in its "Methods" section):
@@ -26,10 +26,12 @@ The rules, each in one place (the report prints them in its "Methods" section):
 - Comparing two AUCs (`compare_aucs`): difference +- 1.96 sqrt(SE_a^2 + SE_b^2). Both are measured
   on the same windows, so the errors correlate positively and this interval is conservative.
   "higher" / "lower" when the interval excludes 0, "not distinguishable" otherwise.
-- Scaling law (`scaling_verdict`), per horizon, over budgets with complete trials in size order:
-  "violated" when some smaller budget's best is higher than some larger budget's best; "holds"
-  when every larger budget's best is higher than the next smaller one's; "not distinguishable"
-  otherwise; "not assessable" with fewer than two budgets.
+- Validation comparison (`scaling_verdict`), per horizon, over budgets with complete trials in
+  size order, on the best-of-N val AUCs (biased upward by the search, so descriptive only: the
+  report's headline is the test verdict of `tasks.report.verdicts`): "violated" when some smaller
+  budget's best is higher than some larger budget's best; "holds" when every larger budget's best
+  is higher than the next smaller one's; "not distinguishable" otherwise; "undetermined" when an
+  interval is not Hanley-McNeil's; "not assessable" with fewer than two budgets.
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ from models.arch_grid import (
     CURRENT_GRID_VERSION,
     EXTREME_TYPES,
     GRID_VERSIONS,
+    REAL_BUDGETS,
     get_architectures_for_budget,
     forced_extremes,
 )
 from schemas.config import SearchSpace, StudySpec
-from schemas.tracking import ARCH_PARAMS, HPARAMS, TRIAL_PARAMS
+from schemas.tracking import ARCH_PARAMS, HPARAMS, PREDICTION_SPLITS, TRIAL_PARAMS, predictions_tag
+from tasks.report.verdicts import HorizonVerdict, horizon_verdict
 
 COLLAPSE_PRED_RANGE = 0.05
 TREND_ALPHA = 0.05
@@ -74,6 +78,7 @@ _NUMERIC = tuple(p for p in TRIAL_PARAMS if p not in ("budget", "horizon")) + (
 _TEXT = (
     "run_id", "experiment", "run_name", "status", "run_kind", "source", "study", "budget",
     "extreme_type", "state", "failure_reason", "failure_kind", "n_heads_source", "baseline_model", "supplemental_id",
+    *(predictions_tag(split) for split in PREDICTION_SPLITS),
 )  # fmt: skip
 
 Verdict = Literal["higher", "lower", "not distinguishable"]
@@ -136,10 +141,6 @@ def normalise_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 def trials_of(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["run_kind"] == "trial"]
-
-
-def complete_trials(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["complete"]]
 
 
 def baselines_of(frame: pd.DataFrame) -> pd.DataFrame:
@@ -618,7 +619,7 @@ def budget_bests(frame: pd.DataFrame, horizon: int, budgets: list[str]) -> list[
 
 @dataclass(frozen=True)
 class ScalingVerdict:
-    verdict: str  # holds | violated | not distinguishable | not assessable
+    verdict: str  # holds | violated | not distinguishable | undetermined | not assessable
     reason: str
     pairs: pd.DataFrame  # smaller, larger, diff (larger - smaller), low, high, verdict, adjacent
 
@@ -637,6 +638,11 @@ def scaling_verdict(bests: list[BudgetBest]) -> ScalingVerdict:
             rows.append({"smaller": small.budget, "larger": large.budget, "diff": c.diff, "low": c.low, "high": c.high,
                          "verdict": c.verdict, "adjacent": j == i + 1})  # fmt: skip
     pairs = pd.DataFrame(rows, columns=columns)
+    spread = sorted({b.budget for b in ranked if b.interval.method != "Hanley-McNeil"})
+    if spread:  # an interval without the evaluation-set noise decides nothing
+        pairs["verdict"] = "undetermined"
+        return ScalingVerdict("undetermined", f"no validation class counts for {', '.join(spread)}: their intervals "
+                              "miss the evaluation-set noise", pairs)  # fmt: skip
     lower = pairs[pairs["verdict"] == "lower"]
     adjacent = pairs[pairs["adjacent"]]
     if len(lower):
@@ -681,9 +687,10 @@ class HorizonAnalysis:
     consistency: pd.DataFrame
     collapse: dict[str, CollapseSummary]
     baselines: pd.DataFrame  # best run per baseline model at this horizon
+    test: HorizonVerdict  # the headline: paired verdicts on the test split (tasks.report.verdicts)
 
 
-def analyse_horizon(frame: pd.DataFrame, horizon: int, budgets: list[str]) -> HorizonAnalysis:
+def analyse_horizon(frame: pd.DataFrame, horizon: int, budgets: list[str], predictions: dict | None = None) -> HorizonAnalysis:
     at = frame[frame["horizon"] == horizon]
     bests = budget_bests(frame, horizon, budgets)
     base = baselines_of(at).sort_values(["val_auc", "run_id"], ascending=[False, True])
@@ -694,6 +701,7 @@ def analyse_horizon(frame: pd.DataFrame, horizon: int, budgets: list[str]) -> Ho
         consistency=parameter_consistency(frame, horizon, budgets),
         collapse={b: collapse_summary(trials_of(at[at["budget_group"] == b])) for b in budgets},
         baselines=base.drop_duplicates("baseline_model"),
+        test=horizon_verdict(horizon, bests, predictions or {}),
     )
 
 
@@ -824,15 +832,18 @@ class CampaignAnalysis:
     budgets_without_runs: list[str]
 
 
-def analyse_campaign(runs: pd.DataFrame, search: SearchSpace = SearchSpace(), rerun_target: int = RERUN_TRIALS) -> CampaignAnalysis:
+def analyse_campaign(runs: pd.DataFrame, search: SearchSpace = SearchSpace(), rerun_target: int = RERUN_TRIALS,
+                     predictions: dict | None = None) -> CampaignAnalysis:  # fmt: skip
     """Everything the report shows. The cross-budget tables list every real budget (2M to 2B), so a
     budget without runs shows up as such, plus any other budget group with runs (`smoke`, smoke
-    stand-ins like `smoke-20M`); a store of smoke studies only lists just those."""
+    stand-ins like `smoke-20M`); a store of smoke studies only lists just those. `predictions`
+    (run id -> test scores, see `with_predictions`) feed the test verdicts; without them every
+    verdict is "undetermined"."""
     frame = normalise_runs(runs)
     frame = frame[frame["run_kind"].isin(["study", "trial", "baseline"])]
     with_trials = set(trials_of(frame)["budget_group"].dropna())
     present = set(frame["budget_group"].dropna())
-    real = [b for b in BUDGETS if b != "smoke"]
+    real = list(REAL_BUDGETS)  # the smoke budget and the smoke ladder are listed only when they have runs
     real = real if present & set(real) or not present else []
     budgets = budget_order(real + sorted(present))
     horizons = sorted(int(h) for h in frame.loc[frame["run_kind"] != "study", "horizon"].dropna().unique())
@@ -840,8 +851,15 @@ def analyse_campaign(runs: pd.DataFrame, search: SearchSpace = SearchSpace(), re
     return CampaignAnalysis(
         runs=frame,
         studies=[analyse_study(frame, s, search) for s in study_names],
-        horizons=[analyse_horizon(frame, h, budgets) for h in horizons],
+        horizons=[analyse_horizon(frame, h, budgets, predictions) for h in horizons],
         checklist=verification_checklist(frame, rerun_target),
         budgets=budgets,
         budgets_without_runs=[b for b in budgets if b not in with_trials],
     )
+
+
+def with_predictions(analysis: CampaignAnalysis, predictions: dict) -> CampaignAnalysis:
+    """The test verdicts recomputed from the scores read for `verdicts.needed_predictions`."""
+    for h in analysis.horizons:
+        h.test = horizon_verdict(h.horizon, h.bests, predictions)
+    return analysis

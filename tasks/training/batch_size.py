@@ -1,9 +1,9 @@
 """Find the largest training batch that fits on the GPU (TrainConfig.batch_size='auto').
 
 `find_largest_batch` is pure search logic over a `try_batch(batch_size) -> bool` callable, so
-it is tested on the CPU with a fake. `probe_largest_batch` builds that callable from the real
-training step (tasks.train.train_step: forward, backward, clip, fused AdamW) and answers False
-when the step runs out of memory.
+it is tested on the CPU with a fake. The trainer's `probe_largest_batch`
+(tasks/training/trainer.py) builds that callable from the real training step and answers False
+when the step runs out of memory; this module knows nothing of the trainer.
 
 The search assumes memory grows with the batch: it halves from `start` until a size fits,
 doubles until one does not (or `upper` is reached), then bisects between the last size that fit
@@ -18,9 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-from models.arch_grid import Architecture
-from schemas.config import TrainConfig
-from tasks.train import DeviceData, Hyperparams, build_training, train_step
 
 # A size that just fitted in a two-step probe can fail hours later (fragmentation, evaluation
 # buffers): keep this fraction of it when memory, not `upper`, was the limit.
@@ -107,55 +104,7 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
-def probe_largest_batch(
-    arch: Architecture,
-    hparams: Hyperparams,
-    config: TrainConfig,
-    window: int,
-    data: DeviceData,
-    device: torch.device,
-    *,
-    upper: int,
-) -> BatchSearch:
-    """Search with real training steps of this architecture on this device (meant for CUDA).
-
-    One probe model and optimizer serve every try (built once: a 2B model takes a while); each
-    try runs two full steps (the first allocates AdamW's state) with learning rate 0, the
-    trial's dropout and checkpointing, on real windows. The probe is eager even when
-    config.compile is set: a compiled step needs no more memory than the eager one. The caller
-    frees nothing: every tensor of the probe is released here, before the trial's model is built.
-    """
-    probe_config = config.model_copy(update={"compile": False})
-    probe_hparams = Hyperparams(learning_rate=0.0, dropout=hparams.dropout, weight_decay=hparams.weight_decay)
-    model, step_model, optimizer = build_training(arch, probe_hparams, probe_config, window, device)
-    anchors, labels = data.anchors["train"], data.labels["train"]
-
-    def try_batch(batch_size: int) -> bool:
-        fitted = False
-        try:
-            idx = torch.arange(batch_size, device=device) % len(anchors)
-            x, y = data.batch(anchors[idx]), labels[idx]
-            for _ in range(2):
-                train_step(step_model, optimizer, x, y, config.grad_clip)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # an asynchronous failure surfaces here
-            fitted = True
-        except Exception as exc:  # noqa: BLE001 - only an OOM is an answer; anything else propagates
-            if not is_oom(exc):
-                raise
-        # outside the handler, so the traceback (and the activations its frames hold) is gone
-        optimizer.zero_grad(set_to_none=True)
-        _release(device)
-        return fitted
-
-    try:
-        return find_largest_batch(try_batch, upper=upper)
-    finally:
-        del model, step_model, optimizer
-        _release(device)
-
-
-def _release(device: torch.device) -> None:
+def release_device(device: torch.device) -> None:
     """Return a failed try's memory to the device: collect cycles, then empty the cache."""
     if device.type == "cuda":
         gc.collect()

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from schemas.config import DataConfig
-from tasks.features import FEATURE_NAMES, NUM_FEATURES, compute_features, compute_labels
+from tasks.data.prepared import SPLITS, PreparedData  # noqa: F401 - re-exported: the dataset's public names
+from tasks.data.features import FEATURE_NAMES, NUM_FEATURES, WARMUP_DAYS, compute_features, compute_labels
 
 REQUIRED_COLUMNS = ("Date", "Open", "High", "Low", "Close", "Volume")
-SPLITS = ("train", "val", "test")
 # Standardised features are clipped here: a few crash days sit 20+ sigma out and would dominate.
 FEATURE_CLIP = 10.0
 BUNDLED = "bundled"
@@ -140,63 +139,6 @@ def validate_panel(frame: pd.DataFrame, source: str, min_rows: int) -> pd.DataFr
     return frame.reset_index(drop=True)
 
 
-@dataclass
-class PreparedData:
-    """Standardised features of all tickers stacked, and per split the anchor rows and labels."""
-
-    features: np.ndarray  # (rows, NUM_FEATURES) float32, standardised with train statistics
-    anchors: dict[str, np.ndarray]  # split -> (n,) int64 rows whose window ends there
-    labels: dict[str, np.ndarray]  # split -> (n,) float32 in {0, 1}
-    window: int
-    horizon: int
-    split_dates: dict[str, tuple[str, str]]  # split -> first and last anchor date (ISO)
-    boundaries: dict[str, str]  # last date of train and of val (ISO)
-    tickers: tuple[str, ...]
-
-    def windows(self, split: str) -> np.ndarray:
-        """(n, window, NUM_FEATURES) windows of a split, materialised (baselines and tests only)."""
-        offsets = np.arange(-self.window + 1, 1)
-        return self.features[self.anchors[split][:, None] + offsets]
-
-    def summary(self) -> dict[str, object]:
-        return {
-            split: {"samples": int(len(self.labels[split])), "positive_rate": float(self.labels[split].mean())}
-            for split in SPLITS
-        }
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "window": self.window,
-            "horizon": self.horizon,
-            "split_dates": self.split_dates,
-            "boundaries": self.boundaries,
-            "tickers": list(self.tickers),
-        }
-        arrays = {"features": self.features, "meta": np.array(json.dumps(meta))}
-        for split in SPLITS:
-            arrays[f"anchors_{split}"] = self.anchors[split]
-            arrays[f"labels_{split}"] = self.labels[split]
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-
-    @classmethod
-    def load(cls, path: Path) -> PreparedData:
-        with np.load(path) as archive:
-            meta = json.loads(str(archive["meta"]))
-            return cls(
-                features=archive["features"],
-                anchors={s: archive[f"anchors_{s}"] for s in SPLITS},
-                labels={s: archive[f"labels_{s}"] for s in SPLITS},
-                window=meta["window"],
-                horizon=meta["horizon"],
-                split_dates={k: tuple(v) for k, v in meta["split_dates"].items()},
-                boundaries=meta["boundaries"],
-                tickers=tuple(meta["tickers"]),
-            )
-
-
 def split_boundaries(dates: pd.Series, train_fraction: float, val_fraction: float) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Last date of train and of val, cut on the panel's sorted distinct dates."""
     distinct = np.sort(dates.unique())
@@ -298,7 +240,7 @@ def minimum_rows(config: DataConfig, horizon: int) -> int:
     """The shortest ticker history for which each split can hold a few windows."""
     per_split = config.window + horizon + 10
     smallest_fraction = min(config.train_fraction, config.val_fraction, 1 - config.train_fraction - config.val_fraction)
-    return int(np.ceil(per_split / smallest_fraction)) + 60
+    return int(np.ceil(per_split / smallest_fraction)) + WARMUP_DAYS
 
 
 def load_panel(config: DataConfig, horizon: int) -> tuple[pd.DataFrame, str]:

@@ -21,34 +21,37 @@ from pathlib import Path
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from schemas.config import StoreConfig
 from schemas.legacy import ImportCounts, LegacyExperiment, LegacyTrial
 from schemas.tracking import (
     FINAL_METRICS,
     TAG_BUDGET,
-    TAG_CODE_VERSION,
     TAG_EXTREME_TYPE,
     TAG_FAILURE_REASON,
     TAG_HORIZON,
+    TAG_LEGACY_ATTEMPT,
+    TAG_LEGACY_FINGERPRINT,
     TAG_LEGACY_KEY,
     TAG_N_HEADS_SOURCE,
     TAG_RUN_KIND,
     TAG_SOURCE,
     TAG_STATE,
-    TAG_STUDY,
     TAG_STUDY_VERSION,
     TAG_TRIAL_NUMBER,
     TRIAL_PARAMS,
     trial_run_name,
 )
-from tasks.tracking import code_version, get_or_create_experiment, log_batch, mlflow_client, search_all_runs
+from tasks.tracking.runs import (
+    ensure_study_run,
+    get_or_create_experiment,
+    log_batch,
+    mlflow_client,
+    search_all_runs,
+    start_run,
+)
 
 # Importer-only tags (the report does not read them).
-TAG_LEGACY_FINGERPRINT = "legacy_fingerprint"
-TAG_LEGACY_ATTEMPT = "legacy_attempt"
 TAG_LEGACY_SOURCE = "legacy_source"
 TAG_N_HEADS_NOTE = "n_heads_note"
 ARTIFACT_DIR = "legacy"
@@ -94,9 +97,6 @@ def trial_metrics(trial: LegacyTrial) -> dict[str, float]:
 
 def trial_tags(experiment: LegacyExperiment, trial: LegacyTrial) -> dict[str, str]:
     tags = {
-        TAG_RUN_KIND: "trial",
-        TAG_SOURCE: "legacy",
-        TAG_STUDY: experiment.experiment,
         TAG_STUDY_VERSION: "1",
         TAG_BUDGET: experiment.budget,
         TAG_HORIZON: str(experiment.horizon),
@@ -107,7 +107,6 @@ def trial_tags(experiment: LegacyExperiment, trial: LegacyTrial) -> dict[str, st
         TAG_LEGACY_KEY: legacy_key(experiment.experiment, trial),
         TAG_LEGACY_ATTEMPT: str(trial.attempt),
         TAG_LEGACY_SOURCE: Path(experiment.source_log).name,
-        TAG_CODE_VERSION: code_version(),
     }
     if trial.failure_reason:
         tags[TAG_FAILURE_REASON] = trial.failure_reason[:_MAX_TAG]
@@ -136,8 +135,14 @@ def _create_run(
     name = trial_run_name(experiment.experiment, trial.number)
     if trial is not _latest(experiment, trial.number):
         name += f" (attempt {trial.attempt}, superseded)"
-    run = client.create_run(experiment_id, start_time=_millis(trial.started_at), tags=trial_tags(experiment, trial), run_name=name)
-    run_id = run.info.run_id
+    parent = ensure_study_run(
+        client, experiment_id, study=experiment.experiment, budget=experiment.budget, horizon=experiment.horizon,
+        version=1, source="legacy",
+    )
+    run_id = start_run(
+        client, experiment_id, run_kind="trial", source="legacy", name=name, study=experiment.experiment,
+        parent_run_id=parent, tags=trial_tags(experiment, trial), start_time=_millis(trial.started_at),
+    )
     if artifact is not None:
         client.log_artifact(run_id, str(artifact), artifact_path=ARTIFACT_DIR)
     client.log_dict(run_id, trial.model_dump(mode="json"), f"{ARTIFACT_DIR}/trial.json")
@@ -157,7 +162,7 @@ def import_experiment(experiment: LegacyExperiment, stores: StoreConfig, artifac
     client = mlflow_client(stores)
     experiment_id = get_or_create_experiment(client, experiment.experiment, stores.artifact_root)
     existing: dict[str, list[Run]] = {}
-    for run in search_all_runs(client, [experiment_id], f"tags.{TAG_SOURCE} = 'legacy'"):
+    for run in search_all_runs(client, [experiment_id], f"tags.{TAG_SOURCE} = 'legacy' and tags.{TAG_RUN_KIND} = 'trial'"):
         existing.setdefault(run.data.tags.get(TAG_LEGACY_KEY, ""), []).append(run)
     counts = ImportCounts(experiment_id=experiment_id)
     for trial in experiment.trials:
@@ -182,9 +187,3 @@ def source_artifact(experiment: LegacyExperiment, input_path: Path) -> Path:
     """The original log when it is still where the experiment says, else the file read."""
     original = Path(experiment.source_log)
     return original if original.is_file() else input_path
-
-
-@task(name="import-legacy-experiment", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def import_legacy_experiment(experiment: LegacyExperiment, stores: StoreConfig, artifact: Path | None = None) -> ImportCounts:
-    """Import one recovered legacy experiment into MLflow (idempotent)."""
-    return import_experiment(experiment, stores, artifact)

@@ -11,8 +11,12 @@ windows of n days ending at t (std with ddof=1).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where features are computed, not by every trial process
+    import pandas as pd
 
 # (name, formula): the order is the column order of the feature matrix.
 FEATURES: tuple[tuple[str, str], ...] = (
@@ -50,6 +54,8 @@ WARMUP_DAYS = 60
 
 def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
     """25 causal features for one ticker's rows (sorted by date); the first rows are NaN (warm-up)."""
+    import pandas as pd
+
     o, h, l, c = (ohlcv[k].astype("float64") for k in ("Open", "High", "Low", "Close"))
     v = ohlcv["Volume"].astype("float64")
     prev_c = c.shift(1)
@@ -81,7 +87,7 @@ def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
         "sma_gap_5": c / c.rolling(5).mean() - 1,
         "sma_gap_20": c / c.rolling(20).mean() - 1,
         "sma_gap_50": c / c.rolling(50).mean() - 1,
-        "rsi_14": (gains / (gains + losses)).where(gains + losses > 0, 0.5) - 0.5,
+        "rsi_14": (gains / (gains + losses)).where(gains + losses > 0, 0.5).where(gains.notna()) - 0.5,
         "range_pos_20": ((c - low_20) / (high_20 - low_20)).where(high_20 > low_20, 0.5).where(high_20.notna()),
         "drawdown_20": np.log(c / high_20),
         "volume_change": np.log((v + 1) / (v.shift(1) + 1)),
@@ -95,6 +101,8 @@ def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
 def compute_labels(ohlcv: pd.DataFrame, horizon: int, threshold: float) -> pd.Series:
     """1.0 when max(High[t+1 .. t+horizon]) >= Close[t] * (1 + threshold), else 0.0; NaN for the
     last `horizon` rows, whose future is not in the data."""
+    import pandas as pd
+
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     high = ohlcv["High"].astype("float64").to_numpy()

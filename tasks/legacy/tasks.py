@@ -1,0 +1,31 @@
+"""Prefect tasks of legacy recovery: read a file, write an experiment, import it into MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import StoreConfig
+from schemas.legacy import ImportCounts, LegacyExperiment
+from tasks.legacy.importer import import_experiment
+from tasks.legacy.parser import Recovered, recover_file, write_experiment
+
+
+@task(name="recover-legacy-file", cache_policy=NO_CACHE)
+def recover_input(path: Path, grid_version: int | None = None) -> Recovered:
+    """Read one legacy log or trial JSON file into validated experiments and problems."""
+    return recover_file(path, grid_version)
+
+
+@task(name="write-legacy-experiment", cache_policy=NO_CACHE)
+def write_experiment_file(experiment: LegacyExperiment, out_dir: Path) -> Path:
+    """Write one recovered experiment as `<out_dir>/<experiment>.json`."""
+    return write_experiment(experiment, out_dir)
+
+
+@task(name="import-legacy-experiment", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def import_legacy_experiment(experiment: LegacyExperiment, stores: StoreConfig, artifact: Path | None = None) -> ImportCounts:
+    """Import one recovered legacy experiment into MLflow (idempotent)."""
+    return import_experiment(experiment, stores, artifact)

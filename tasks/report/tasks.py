@@ -1,0 +1,53 @@
+"""Prefect tasks of the report: query MLflow, analyse, write, log and publish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import SearchSpace, StoreConfig
+from tasks.report import analysis, render
+
+MARKDOWN_KEY = "cross-budget-report"
+TABLE_KEY = "best-per-budget"
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def query_runs(stores: StoreConfig) -> pd.DataFrame:
+    """Every study, trial and baseline run in MLflow, one row per run."""
+    return render.query_runs(stores)
+
+
+@task(cache_policy=NO_CACHE)
+def analyse_runs(runs: pd.DataFrame, search: SearchSpace) -> analysis.CampaignAnalysis:
+    """The numbers of the report."""
+    return analysis.analyse_campaign(runs, search)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def add_test_verdicts(stores: StoreConfig, result: analysis.CampaignAnalysis) -> analysis.CampaignAnalysis:
+    """Each horizon's test verdict, from the selected runs' logged test scores (only those are read)."""
+    return analysis.with_predictions(result, render.load_predictions(stores, result))
+
+
+@task(cache_policy=NO_CACHE)
+def write_report(result: analysis.CampaignAnalysis, out: Path, source: str) -> render.ReportFiles:
+    """report.md, report.html, runs.csv and the figures under `out`."""
+    return render.write_report(result, out, source)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def log_report(stores: StoreConfig, files: render.ReportFiles) -> str:
+    """The report's files as artifacts of a run in the MLflow experiment `reports`."""
+    return render.log_report(stores, files)
+
+
+@task(cache_policy=NO_CACHE)
+def publish_artifacts(result: analysis.CampaignAnalysis, source: str) -> None:
+    """The report (without images) and the best-per-budget table as Prefect artifacts."""
+    create_markdown_artifact(markdown=render.render_markdown(result, source), key=MARKDOWN_KEY, description="Cross-budget HPO report")
+    create_table_artifact(table=render.best_per_budget_rows(result), key=TABLE_KEY, description="Best trial per budget and horizon")

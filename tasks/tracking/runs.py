@@ -1,0 +1,179 @@
+"""MLflow at the edge: the one place where experiments and runs are created.
+
+Every run of the system (hpo trial, supplemental trial, legacy trial, baseline, study, report) is
+made by `start_run` with one rule for names, tags and parents (see `schemas.tracking`): a run in a
+study's experiment is a child of that study's run, which `ensure_study_run` makes on first need;
+runs in other experiments (`baselines_h1`, `reports`) have no parent. Names of params, metrics and
+tags come from `schemas.tracking`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import time
+from functools import cache
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from schemas import tracking as T
+from schemas.config import StoreConfig
+
+# MLflow logs a line per database migration on first use of a store; keep the terminal readable.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def mlflow_client(stores: StoreConfig) -> MlflowClient:
+    stores.root.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=stores.mlflow_uri)
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path) -> str:
+    """Experiment id by name; created with artifacts under `artifact_root/name`. Safe when two
+    workers race to create it: the loser finds the winner's."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        if found.tags.get(T.TAG_EXPERIMENT_KIND) != T.EXPERIMENT_KIND:  # made by an older version
+            client.set_experiment_tag(found.experiment_id, T.TAG_EXPERIMENT_KIND, T.EXPERIMENT_KIND)
+        return found.experiment_id
+    try:
+        location = (artifact_root / name).resolve().as_uri() if "://" not in str(artifact_root) else f"{artifact_root}/{name}"
+        # Without this tag the MLflow 3 UI opens an experiment in its GenAI view (traces).
+        return client.create_experiment(name, artifact_location=location, tags={T.TAG_EXPERIMENT_KIND: T.EXPERIMENT_KIND})
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def log_batch(client: MlflowClient, run_id: str, params: dict | None = None, metrics: dict | None = None,
+              tags: dict | None = None, step: int = 0) -> None:
+    """One round trip for params, metrics and tags; non-finite metrics are skipped, not fatal."""
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), now, step)
+            for k, v in (metrics or {}).items()
+            if v is not None and math.isfinite(float(v))
+        ],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
+
+
+def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
+    """Every run matching the filter, following pagination (thousands of runs stay cheap)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=5000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+@cache
+def code_version() -> str:
+    """The git commit of the code that ran (with '-dirty' for uncommitted changes), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def standard_tags() -> dict[str, str]:
+    """MLflow's own source tags, so the UI shows what code produced a run."""
+    commit = code_version()
+    tags = {T.TAG_CODE_VERSION: commit, "mlflow.source.type": "LOCAL", "mlflow.source.name": "scaling-hpo"}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    return tags
+
+
+def find_study_run(client: MlflowClient, experiment_id: str, study: str) -> str | None:
+    """The study's run in its experiment (the oldest, should two workers have raced)."""
+    runs = search_all_runs(client, [experiment_id], f"tags.{T.TAG_RUN_KIND} = 'study' and tags.{T.TAG_STUDY} = '{study}'")
+    return min(runs, key=lambda run: run.info.start_time or 0).info.run_id if runs else None
+
+
+def ensure_study_run(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    study: str,
+    budget: str,
+    horizon: int,
+    version: int,
+    source: str,
+    smoke_of: str | None = None,
+) -> str:
+    """The study's parent run, created on first need by whichever source comes first (an hpo
+    study, a legacy import, supplemental trials or baselines)."""
+    found = find_study_run(client, experiment_id, study)
+    if found is not None:
+        return found
+    run = client.create_run(
+        experiment_id,
+        run_name=study,
+        tags={
+            T.TAG_RUN_KIND: "study",
+            T.TAG_SOURCE: source,
+            T.TAG_STUDY: study,
+            T.TAG_STUDY_VERSION: str(version),
+            T.TAG_BUDGET: budget,
+            T.TAG_HORIZON: str(horizon),
+            T.TAG_SMOKE_OF: smoke_of or "",
+            **standard_tags(),
+        },
+    )
+    return run.info.run_id
+
+
+def start_run(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    run_kind: str,
+    source: str,
+    name: str,
+    study: str | None,
+    parent_run_id: str | None,
+    tags: dict[str, object] | None = None,
+    params: dict[str, object] | None = None,
+    start_time: int | None = None,
+) -> str:
+    """Create a trial, baseline or report run: kind, source, study, parent and standard tags set
+    the same way for every source; `tags` adds the source's own (trial number, state, ...)."""
+    all_tags: dict[str, object] = {T.TAG_RUN_KIND: run_kind, T.TAG_SOURCE: source, **standard_tags(), **(tags or {})}
+    if study is not None:
+        all_tags[T.TAG_STUDY] = study
+    if parent_run_id is not None:
+        all_tags[T.TAG_PARENT_RUN] = parent_run_id
+    run = client.create_run(
+        experiment_id, run_name=name, start_time=start_time, tags={k: str(v) for k, v in all_tags.items()}
+    )
+    if params:
+        log_batch(client, run.info.run_id, params=params)
+    return run.info.run_id
+
+
+def end_run(client: MlflowClient, run_id: str, state: str, tags: dict[str, str] | None = None,
+            metrics: dict | None = None, end_time: int | None = None) -> None:
+    """Close a run with its state tag (complete | failed | stopped) and MLflow status."""
+    log_batch(client, run_id, metrics=metrics, tags={T.TAG_STATE: state, **(tags or {})})
+    status = {"complete": "FINISHED", "stopped": "KILLED"}.get(state, "FAILED")
+    client.set_terminated(run_id, status, end_time=end_time)
