@@ -14,11 +14,11 @@ completed; a failed stage stops the campaign with the stage named in the error.
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from prefect import flow, task
-from prefect.cache_policies import NONE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import flow
 
 from flows.hpo import study_flow
 from schemas.config import HpoConfig, StudySpec
@@ -51,9 +51,8 @@ def available_devices(config: HpoConfig) -> list[str]:
     return [f"cuda:{i}" for i in range(count)] if count > 1 else ["auto"]
 
 
-@task(name="device-lane", cache_policy=NONE)
 def run_lane(specs: list[StudySpec], config: HpoConfig, device: str) -> list[dict]:
-    """The studies assigned to one GPU, in order."""
+    """The studies assigned to one GPU, in order, each its own `study` subflow run."""
     on_device = config.model_copy(update={"train": config.train.model_copy(update={"device": device})})
     return [study_flow.with_options(flow_run_name=spec.base_name)(spec, on_device) for spec in specs]
 
@@ -67,11 +66,16 @@ def run_stage(label: str, names: list[str], config: HpoConfig, smoke: bool) -> l
         return [study_flow.with_options(flow_run_name=spec.base_name)(spec, config) for spec in specs]
     by_name = {spec.name(spec.version or 1): spec for spec in specs}
     lanes = assign_devices(list(by_name), devices)
-    futures = [run_lane.submit([by_name[n] for n in names], config, device) for device, names in lanes.items()]
-    return [summary for future in futures for summary in future.result()]
+    # one thread per GPU lane; each sees the campaign's flow run as its subflows' parent
+    with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
+        futures = [
+            pool.submit(contextvars.copy_context().run, run_lane, [by_name[n] for n in names], config, device)
+            for device, names in lanes.items()
+        ]
+        return [summary for future in futures for summary in future.result()]
 
 
-@flow(name="campaign", task_runner=ThreadPoolTaskRunner(max_workers=16))
+@flow(name="campaign")
 def campaign_flow(
     config: HpoConfig = HpoConfig(),
     smoke: bool = False,

@@ -97,8 +97,8 @@ def train(
     root: Root = None,
 ) -> None:
     """Train one architecture once (no study, no tracking) and print its result."""
-    from tasks.data import cached_dataset
-    from tasks.train import Hyperparams, train_model
+    from tasks.data.dataset import cached_dataset
+    from tasks.training.trainer import Hyperparams, train_model
 
     spec = StudySpec(budget=budget, horizon=horizon)
     base = build_config(root, data)
@@ -129,7 +129,7 @@ def recover(
     """Recover legacy trials, n_heads included, from old HPO logs or trial JSON files."""
     from flows.recover import recover as recover_flow
     from schemas.legacy import RecoverRequest
-    from tasks.legacy import summary_table
+    from tasks.legacy.parser import summary_table
 
     try:
         request = RecoverRequest(inputs=inputs, out=out, grid_version=grid_version, import_mlflow=import_mlflow,
@@ -174,7 +174,7 @@ def run(
     version: Annotated[int | None, typer.Option(help="run exactly this version of the study")] = None,
     timeout_hours: Annotated[float | None, typer.Option(help="stop cleanly after this long; rerun to continue")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="epochs per trial (default 50, early stopping)")] = None,
-    smoke: Annotated[bool, typer.Option("--smoke", help="smoke budget, one short epoch, at most 8 trials")] = False,
+    smoke: Annotated[bool, typer.Option("--smoke", help="smoke switch: the budget's smoke-ladder stand-in, a few short epochs, at most 8 trials")] = False,
     slots: Annotated[int | None, typer.Option(help="trials run at once on this worker's device (small budgets)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
     data: DataSource = None,
@@ -183,8 +183,8 @@ def run(
 ) -> None:
     """Run (or resume) the studies BUDGET_hH, one after another, as the Prefect `hpo` flow."""
     from flows.hpo import hpo_flow
-    from tasks.progress import live_progress
-    from tasks.study import optuna_storage, resolve_study_name
+    from tasks.study.progress import live_progress
+    from tasks.study.driver import optuna_storage, resolve_study_name
 
     base = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, timeout_hours=timeout_hours, slots=slots)
     train_update = {k: v for k, v in {"device": device, "max_epochs": max_epochs}.items() if v is not None}
@@ -224,7 +224,7 @@ def baselines(
     root: Root = None,
 ) -> None:
     """Fit the baselines (logreg, logreg_flat, hgb, base_rate) once per horizon and log them beside its studies."""
-    from tasks.baselines import baseline_table, baseline_targets, run_baselines
+    from tasks.training.baselines import baseline_table, baseline_targets, run_baselines
 
     config = build_config(root, data)
     try:
@@ -255,7 +255,7 @@ def report(
     console.print(f"report: {files.markdown} and {files.html} ({len(files.figures)} figures); MLflow run {files.mlflow_run_id}")
 
 
-Smoke = Annotated[bool, typer.Option("--smoke", help="smoke budget, one short epoch, at most 8 trials per study")]
+Smoke = Annotated[bool, typer.Option("--smoke", help="smoke switch: each budget's smoke-ladder stand-in, a few short epochs, at most 8 trials per study")]
 
 
 @app.command()
@@ -275,12 +275,12 @@ def campaign(
 ) -> None:
     """The whole plan, stage by stage (20M_h5; 200M and 2B; 20M re-runs; supplemental; report). Rerun to resume."""
     from flows.campaign import campaign_flow
-    from tasks.progress import live_progress
+    from tasks.study.progress import live_progress
 
     config = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, slots=slots)
     _configure_logging()
     console.print(f"campaign{' (smoke)' if smoke else ''}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
-    with live_progress(1 if smoke else config.train.max_epochs, console):
+    with live_progress(config.smoke().train.max_epochs if smoke else config.train.max_epochs, console):
         result = campaign_flow(
             config=config, smoke=smoke, rerun_20m_h5=rerun_20m_h5, supplemental=supplemental or [],
             report=report, report_dir=report_dir,

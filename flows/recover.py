@@ -8,8 +8,9 @@ from pathlib import Path
 from prefect import flow
 
 from schemas.legacy import RecoverReport, RecoverRequest
-from tasks.legacy import dedupe_experiments, expand_inputs, recover_input, summarize, write_experiment_file
-from tasks.legacy_import import import_legacy_experiment, source_artifact
+from tasks.legacy.importer import source_artifact
+from tasks.legacy.parser import dedupe_experiments, expand_inputs, summarize
+from tasks.legacy.tasks import import_legacy_experiment, recover_input, write_experiment_file
 
 
 @flow(name="recover")

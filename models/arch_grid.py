@@ -29,8 +29,26 @@ BUDGET_BANDS: dict[str, tuple[int, int]] = {
     "20M": (15_000_000, 25_000_000),
     "200M": (150_000_000, 250_000_000),
     "2B": (1_500_000_000, 2_500_000_000),
+    # The smoke ladder: under the smoke switch each real budget's study searches its own stand-in
+    # band, so a smoke campaign compares different sizes as the real one does. Band medians are
+    # about 2.8k, 9.4k, 30k and 100k parameters (each ~3.3x the one before), all trainable on one
+    # CPU core in seconds; the bands do not overlap.
+    "smoke-2M": (2_000, 4_000),
+    "smoke-20M": (6_500, 13_000),
+    "smoke-200M": (20_000, 40_000),
+    "smoke-2B": (60_000, 120_000),
 }
 BUDGETS: tuple[str, ...] = tuple(BUDGET_BANDS)
+REAL_BUDGETS: tuple[str, ...] = ("2M", "20M", "200M", "2B")
+
+
+def smoke_budget(budget: str) -> str:
+    """The smoke ladder's stand-in of a real budget (`20M` -> `smoke-20M`); smoke budgets map to themselves."""
+    if budget == "smoke" or budget.startswith("smoke-"):
+        return check_budget(budget)
+    if budget not in REAL_BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    return f"smoke-{budget}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,13 @@ _V1 = {
         d_ff_ratio=(2, 4),
     ),
 }
+
+# The smoke ladder's grids (not in the legacy runs; the same in every version): one candidate set,
+# each band keeps the shapes whose exact count it holds.
+_SMOKE_LADDER = CandidateValues(
+    d_model=(8, 16, 24, 32, 48, 64, 96), n_layers=(1, 2, 3, 4, 6, 8), n_heads=(1, 2, 4, 8), d_ff_ratio=(2, 4)
+)
+_V1.update({f"smoke-{budget}": _SMOKE_LADDER for budget in ("2M", "20M", "200M", "2B")})
 
 # Version 2 (current): the supplemental plan's extensions, L=64 for 2M and L=160/180 for 20M.
 _V2 = dict(_V1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,10 @@ class ModelConfig:
     max_len: int = 1024
     # Recompute each block's activations in backward: trades ~30% more compute for memory (2B).
     activation_checkpointing: bool = False
+    # How the window's hidden states become one vector for the head: "last" takes the last day's
+    # (the day the label is about; bench/RESULTS.md "Readout" measured it against "mean", the
+    # average over the window's days). Neither adds parameters, so counts do not depend on it.
+    readout: Literal["last", "mean"] = "last"
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
@@ -99,6 +104,7 @@ class TransformerClassifier(nn.Module):
         self.ln_f = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, 1)
         self.apply(self._init_weights)
+        self._scale_residual_projections()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -106,6 +112,17 @@ class TransformerClassifier(nn.Module):
         if isinstance(module, nn.Linear) and not module.weight.is_meta:
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             nn.init.zeros_(module.bias)
+
+    def _scale_residual_projections(self) -> None:
+        """GPT-2's init: the two projections that write into the residual stream (attention out,
+        MLP fc2) get std 0.02/sqrt(2 n_layers). Each of the 2 n_layers residual branches adds its
+        output to the stream, so with a fixed std the stream's variance grows with depth; scaled,
+        the 96- to 180-layer grid entries start with the same output scale as a 2-layer one."""
+        std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for block in self.blocks:
+            for proj in (block.attn.out, block.mlp.fc2):
+                if not proj.weight.is_meta:
+                    nn.init.normal_(proj.weight, mean=0.0, std=std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -118,7 +135,8 @@ class TransformerClassifier(nn.Module):
                 h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
             else:
                 h = block(h)
-        pooled = self.ln_f(h).mean(dim=1)  # (B, d_model): mean over the window's days
+        h = self.ln_f(h)  # (B, T, d_model)
+        pooled = h[:, -1] if self.config.readout == "last" else h.mean(dim=1)  # (B, d_model)
         return self.head(pooled).squeeze(-1)  # (B,)
 
 

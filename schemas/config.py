@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.arch_grid import BUDGETS, CURRENT_GRID_VERSION, GRID_VERSIONS
+from models.arch_grid import BUDGETS, CURRENT_GRID_VERSION, GRID_VERSIONS, REAL_BUDGETS, smoke_budget
 
 HORIZONS: tuple[int, ...] = (1, 3, 5)
 
@@ -47,7 +47,7 @@ class TrainConfig(_Config):
 
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         256,
-        description="windows per step, or 'auto': the largest that fits on the GPU (tasks/batch_size.py), "
+        description="windows per step, or 'auto': the largest that fits on the GPU (tasks/training/batch_size.py), "
         "capped by max_auto_batch_size; 'auto' on a CPU means 256. The result records the size used.",
     )
     max_auto_batch_size: int = Field(
@@ -59,7 +59,12 @@ class TrainConfig(_Config):
     eval_batch_size: int = Field(2048, ge=1)
     max_epochs: int = Field(50, ge=1)
     patience: int = Field(5, ge=1, description="epochs without a better val AUC before stopping")
-    warmup_steps: int = Field(200, ge=0, description="linear learning-rate warmup")
+    # Warmup is relative to the run: a fixed 200 steps was 7 epochs of a 27-step epoch (longer
+    # than the patience) and 10x a smoke run, so trials trained at a fraction of their learning rate.
+    warmup_fraction: float = Field(
+        0.05, ge=0, lt=1, description="linear learning-rate warmup over this fraction of the planned steps"
+    )
+    max_warmup_steps: int = Field(200, ge=0, description="cap on the warmup's steps (long runs)")
     grad_clip: float | None = Field(1.0, gt=0)
     max_batches_per_epoch: int | None = Field(None, ge=1, description="cap an epoch (smoke runs)")
     seed: int = 0
@@ -180,9 +185,29 @@ class StudySpec(_Config):
     @field_validator("smoke_of")
     @classmethod
     def _known_stand_in(cls, budget: str | None) -> str | None:
-        if budget is not None and budget not in BUDGETS:
-            raise ValueError(f"unknown budget {budget!r} in smoke_of; choose one of {', '.join(BUDGETS)}")
+        if budget is not None and budget not in REAL_BUDGETS:
+            raise ValueError(f"unknown budget {budget!r} in smoke_of; choose one of {', '.join(REAL_BUDGETS)}")
         return budget
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stand_in_on_its_ladder_budget(cls, values: object) -> object:
+        """A stand-in searches its own ladder band: smoke_of=20M means budget smoke-20M, and the
+        budget smoke-20M means smoke_of=20M, however the spec was written."""
+        if not isinstance(values, dict):
+            return values
+        budget, smoke_of = values.get("budget"), values.get("smoke_of")
+        if smoke_of and budget in (None, "smoke"):
+            return {**values, "budget": f"smoke-{smoke_of}"}
+        if isinstance(budget, str) and budget.startswith("smoke-") and not smoke_of:
+            return {**values, "smoke_of": budget.removeprefix("smoke-")}
+        return values
+
+    @model_validator(mode="after")
+    def _consistent_stand_in(self) -> StudySpec:
+        if self.smoke_of and self.budget != f"smoke-{self.smoke_of}":
+            raise ValueError(f"budget {self.budget!r} cannot stand in for {self.smoke_of}; use budget smoke-{self.smoke_of}")
+        return self
 
     @field_validator("horizon", mode="before")
     @classmethod
@@ -194,10 +219,8 @@ class StudySpec(_Config):
 
     @property
     def base_name(self) -> str:
-        """`20M_h5`; under the smoke switch `smoke-20M_h5`, so stand-ins of different budgets
-        stay distinct studies."""
-        if self.smoke_of:
-            return f"smoke-{self.smoke_of}_h{self.horizon}"
+        """`20M_h5`; under the smoke switch `smoke-20M_h5` (its ladder budget), so stand-ins of
+        different budgets stay distinct studies."""
         return f"{self.budget}_h{self.horizon}"
 
     def name(self, version: int) -> str:
@@ -205,9 +228,10 @@ class StudySpec(_Config):
         return self.base_name if version == 1 else f"{self.base_name}_v{version}"
 
     def as_smoke(self) -> StudySpec:
-        if self.budget == "smoke":
+        """The stand-in under the smoke switch: 20M_h5 -> smoke-20M_h5, on the smoke-20M band."""
+        if self.budget == "smoke" or self.smoke_of:
             return self
-        return self.model_copy(update={"budget": "smoke", "smoke_of": self.budget})
+        return StudySpec(**{**self.model_dump(), "budget": smoke_budget(self.budget), "smoke_of": self.budget})
 
     @classmethod
     def parse(cls, name: str) -> StudySpec:
@@ -217,16 +241,11 @@ class StudySpec(_Config):
             raise ValueError(f"cannot read study name {name!r}; write BUDGET_hH or BUDGET_hH_vN, e.g. 20M_h5 or 20M_h1_v2")
         version = match["version"]
         return cls(
-            budget=match["budget"] or "smoke",
+            budget=match["budget"] or f"smoke-{match['smoke_of']}",
             horizon=match["horizon"],
             version=int(version) if version else None,
             smoke_of=match["smoke_of"],
         )
-
-
-def study_name(budget: str, horizon: int, version: int) -> str:
-    """Version 1 keeps the plain name (`20M_h5`) so legacy and first runs share it."""
-    return StudySpec(budget=budget, horizon=horizon).name(version)
 
 
 class HpoConfig(_Config):
@@ -239,16 +258,33 @@ class HpoConfig(_Config):
     stores: StoreConfig = StoreConfig()
 
     def smoke(self) -> HpoConfig:
-        """The smoke switch: one short epoch and at most 8 trials per study (the 6 extremes and 2
-        sampled), so the whole path runs in minutes on a CPU."""
+        """The smoke switch: each study on its budget's smoke-ladder band (`StudySpec.as_smoke`),
+        short trials that still learn, and at most 8 trials per study (the 6 extremes and 2
+        sampled), so a whole campaign runs in minutes on a 2-core CPU.
+
+        A trial sees up to 5 epochs of 20 batches of 64 windows of 20 days, with early stopping
+        after 2 epochs without a better val AUC. 20-day windows make a trial ~5x cheaper than 60
+        and learn as well with the last-day readout (bench/RESULTS.md "Smoke trial settings").
+        Learning rates move up to where ~100 AdamW steps learn (the central 1e-3 is what the six
+        forced extremes use); at the full search's 1e-5 a short run stays at its initialisation.
+        """
+        train = self.train.model_copy(
+            update={
+                "max_epochs": min(self.train.max_epochs, SMOKE_MAX_EPOCHS),
+                "patience": min(self.train.patience, SMOKE_PATIENCE),
+                "batch_size": SMOKE_BATCH_SIZE,
+                "max_batches_per_epoch": min(self.train.max_batches_per_epoch or SMOKE_BATCHES, SMOKE_BATCHES),
+            }
+        )
         return self.model_copy(
             update={
-                "train": self.train.model_copy(
-                    update={"max_epochs": 1, "max_batches_per_epoch": min(self.train.max_batches_per_epoch or 20, 20)}
-                ),
+                "data": self.data.model_copy(update={"window": min(self.data.window, SMOKE_WINDOW)}),
+                "train": train,
+                "search": self.search.model_copy(update={"learning_rates": SMOKE_LEARNING_RATES}),
                 "study": self.study.model_copy(update={"n_trials": min(self.study.n_trials, 8)}),
             }
         )
 
 
-
+SMOKE_MAX_EPOCHS, SMOKE_PATIENCE, SMOKE_BATCH_SIZE, SMOKE_BATCHES, SMOKE_WINDOW = 5, 2, 64, 20, 20
+SMOKE_LEARNING_RATES: tuple[float, ...] = (3e-4, 1e-3, 2e-3, 4e-3)

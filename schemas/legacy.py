@@ -19,7 +19,6 @@ from schemas.config import HORIZONS, StoreConfig
 from schemas.tracking import TrialState
 
 NHeadsSource = Literal["logged", "recovered", "unrecoverable"]
-N_HEADS_SOURCES: tuple[str, ...] = ("logged", "recovered", "unrecoverable")
 ExtremeType = Literal[EXTREME_TYPES]  # type: ignore[valid-type]
 
 

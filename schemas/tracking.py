@@ -2,9 +2,11 @@
 baselines and the report. The report reads MLflow only, so anything it needs is named here.
 
 Layout: one MLflow experiment per study (named like the study: `20M_h5`, `20M_h1_v2`); in it one
-parent run per study (tag `run_kind=study`) and one run per trial, supplemental trial, legacy
-trial or baseline (tag `run_kind=trial` / `baseline`), each a child of the study run where the
-study run exists.
+parent run per study (tag `run_kind=study`, made by whichever source comes first) and one run per
+trial, supplemental trial, legacy trial or baseline (tag `run_kind=trial` / `baseline`), each a
+child of the study run. Runs outside a study's experiment (`baselines_h1`, the `reports`
+experiment) have no parent. Every run is created by `tasks.tracking.runs.start_run` (or
+`ensure_study_run`), so this rule lives in one place.
 """
 
 from __future__ import annotations
@@ -53,8 +55,13 @@ FINAL_METRICS: tuple[str, ...] = (
 # On the study (parent) run when the study completes.
 STUDY_METRICS: tuple[str, ...] = ("best_val_auc", "best_test_auc", "n_complete", "n_failed")
 
+# Experiments: MLflow 3's UI opens an experiment in its GenAI view unless it carries this tag.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+
 # Tags.
-TAG_RUN_KIND = "run_kind"  # study | trial | baseline
+TAG_RUN_KIND = "run_kind"  # study | trial | baseline | report
 TAG_SOURCE = "source"  # hpo | supplemental | legacy | baseline
 TAG_STUDY = "study"  # the study name, e.g. 20M_h1_v2
 TAG_STUDY_VERSION = "study_version"
@@ -72,12 +79,39 @@ TAG_N_HEADS_SOURCE = "n_heads_source"  # logged | recovered | unrecoverable (leg
 TAG_LEGACY_KEY = "legacy_key"  # idempotency key of an imported legacy trial
 TAG_SUPPLEMENTAL_ID = "supplemental_id"  # e.g. S2
 TAG_BASELINE_MODEL = "baseline_model"
+TAG_BASELINE_KEY = "baseline_key"  # same key, same baselines: data, horizon, settings, code version
+TAG_LEGACY_FINGERPRINT = "legacy_fingerprint"  # content hash: a run without it is half-made
+TAG_LEGACY_ATTEMPT = "legacy_attempt"
+TAG_HPARAMS_FROM_RUN = "hparams_from_run"  # supplemental: the main-study run its lr/dropout/wd came from
+TAG_OPTUNA_TRIAL_ID = "optuna_trial_id"
+TAG_SMOKE_OF = "smoke_of"  # on a smoke study's run: the budget it stands in for
+# On the study run.
+TAG_STUDY_STATE = "study_state"  # running | stopped | complete
+TAG_BEST_TRIAL = "best_trial"
+TAG_BEST_RUN_ID = "best_run_id"
 
-Source = Literal["hpo", "supplemental", "legacy", "baseline"]
-SOURCES: tuple[str, ...] = ("hpo", "supplemental", "legacy", "baseline")
 TrialState = Literal["complete", "failed", "incomplete"]
 
 
 def trial_run_name(study: str, number: int | str) -> str:
     """`20M_h5 #17`: readable in the MLflow UI."""
     return f"{study} #{number}"
+
+
+# Predictions: a run's scores on a split, aligned with the split's window order, as the artifact
+# `predictions/<split>.npz` (written and read by tasks.tracking.predictions). The tag
+# `predictions_<split>` carries the digest of the split's windows, so the report knows which runs
+# have scores on which windows without listing artifacts. Trials log val; the study's finish logs
+# test on its selected trial's run; baselines log both.
+PREDICTIONS_DIR = "predictions"
+PREDICTION_SPLITS: tuple[str, ...] = ("val", "test")
+
+
+def predictions_artifact(split: str) -> str:
+    """`predictions/test.npz`: the artifact path of a run's scores on a split."""
+    return f"{PREDICTIONS_DIR}/{split}.npz"
+
+
+def predictions_tag(split: str) -> str:
+    """`predictions_test`: the tag whose value is the digest of the split's windows."""
+    return f"predictions_{split}"

@@ -19,7 +19,6 @@ EVENT_PREFIX = "@@hpo "
 # process ("nan": the loss becomes NaN; "oom": torch.OutOfMemoryError at the first step;
 # "crash": the process dies without a word; "hang": it stops reporting).
 FAULT_ENV = "HPO_INJECT_FAULTS"
-Fault = Literal["nan", "oom", "crash", "hang"]
 
 # What a trial process in mode "noop" reports: a complete trial that trained nothing, so
 # bench/orchestration_overhead.py can time everything around a trial.
