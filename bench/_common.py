@@ -14,7 +14,7 @@ import torch
 
 from models.arch_grid import Architecture, count_parameters
 from schemas.config import DataConfig
-from tasks.data import PreparedData, cached_dataset
+from tasks.data.dataset import PreparedData, cached_dataset
 
 CACHE_DIR = Path("mlruns/cache")
 

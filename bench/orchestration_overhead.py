@@ -7,13 +7,13 @@ against a bare Optuna loop, in the same run.
 Each layer adds one thing to the one before, on fresh stores in a temporary folder:
 
   bare-memory  optuna.create_study() in memory, study.optimize(objective): the objective draws from
-               our search space (tasks.study.suggest) and returns a constant. Same TPE seed as our
+               our search space (tasks.study.driver.suggest) and returns a constant. Same TPE seed as our
                study, the same six forced extremes enqueued first.
   bare-sqlite  the same on a SQLite storage file (Optuna's defaults, no heartbeats).
-  study        tasks.study.run_study: our storage (SQLite, heartbeats, stale-trial and surplus
+  study        tasks.study.driver.run_study: our storage (SQLite, heartbeats, stale-trial and surplus
                checks), one MLflow run per trial with its params and tags, record_outcome; the trial
                process replaced by an in-process constant outcome (NOOP_RESULT).
-  process      the same with the real trial process (tasks.trial_runner -> tasks.trial_worker) in
+  process      the same with the real trial process (tasks.study.trial_process -> tasks.study.trial_worker) in
                mode "noop": it starts, reads its request, reports NOOP_RESULT and exits.
   prefect      flows.hpo.hpo_flow (hpo flow -> study subflow -> one trial task per trial) under a
                temporary Prefect server (prefect_test_harness), trial process in mode "noop".
@@ -60,9 +60,9 @@ from models.arch_grid import get_architectures_for_budget
 from schemas import tracking as T
 from schemas.config import DataConfig, HpoConfig, StoreConfig, StudyConfig, StudySpec, TrainConfig
 from schemas.trial import NOOP_RESULT
-from tasks import study as studies
-from tasks.data import cached_dataset
-from tasks.trial_runner import REPO_ROOT, TrialOutcome
+from tasks.study import driver as studies
+from tasks.data.dataset import cached_dataset
+from tasks.study.trial_process import REPO_ROOT, TrialOutcome
 
 LAYERS: tuple[str, ...] = ("bare-memory", "bare-sqlite", "study", "process", "prefect")
 SPEC = StudySpec(budget="smoke", horizon=1)
@@ -242,7 +242,7 @@ def check_tracked(summaries: list[dict], config: HpoConfig) -> None:
 
 
 def our_study(n_trials: int, root: Path, child_process: bool, starts: list[float], clock: CallClock) -> None:
-    """tasks.study.run_study: the study loop without Prefect."""
+    """tasks.study.driver.run_study: the study loop without Prefect."""
     config = bench_config(root, n_trials)
     with noop_trials(starts, clock, child_process):
         summary = studies.run_study(SPEC, config)
@@ -265,7 +265,7 @@ def prefect_flow(n_trials: int, root: Path, starts: list[float], clock: CallCloc
 def trial_startup_s(dataset_path: Path, repeats: int) -> float | None:
     """Median wall time of a fresh process that imports torch and loads the dataset, as a real
     trial process does before its first step."""
-    code = f"import torch; from tasks.data import PreparedData; PreparedData.load({str(dataset_path)!r})"
+    code = f"import torch; from tasks.data.dataset import PreparedData; PreparedData.load({str(dataset_path)!r})"
     times = []
     for _ in range(repeats):
         started = time.perf_counter()

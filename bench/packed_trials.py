@@ -1,4 +1,4 @@
-"""Trials per hour: packed (tasks.packed) against one trial at a time (tasks.train), same run.
+"""Trials per hour: packed (bench.packed) against one trial at a time (tasks.training.trainer), same run.
 
     python bench/packed_trials.py --budget 2M --trials 16 --epochs 3
     python bench/packed_trials.py --budget smoke --trials 4 --epochs 1 --max-batches 5 --device cpu
@@ -24,8 +24,8 @@ import torch
 from _common import header, load_data, synchronize
 from models.arch_grid import BUDGETS, get_architectures_for_budget
 from schemas.config import SearchSpace, TrainConfig
-from tasks.packed import PackedTrial, train_packed
-from tasks.train import Hyperparams, resolve_device, train_model
+from bench.packed import PackedTrial, train_packed
+from tasks.training.trainer import Hyperparams, resolve_device, train_model
 
 
 def draw_trials(n: int, seed: int) -> list[PackedTrial]:

@@ -3,7 +3,7 @@
     python bench/train_throughput.py --budget 20M --steps 50
     python bench/train_throughput.py --budget smoke --steps 10 --device cpu
 
-Ours: tasks.train's own step (`build_training` + `train_step`): data resident on the device,
+Ours: tasks.training.trainer's own step (`build_training` + `train_step`): data resident on the device,
 windows built by indexing, bf16 autocast + fused AdamW + TF32 on CUDA, optional torch.compile
 (CUDA only, as in the trainer), grad clipping and the per-step divergence check included.
 Reference: fp32 `nn.TransformerEncoder` (pre-LN, GELU) with the same d_model, n_layers,
@@ -33,10 +33,10 @@ from _common import Timer, describe_device, flops_per_sample, header, load_data,
 from models.arch_grid import BUDGETS, Architecture, get_architectures_for_budget
 from models.transformer import sinusoidal_positions
 from schemas.config import TrainConfig
-from tasks.batch_size import is_oom
-from tasks.data import PreparedData
-from tasks.train import DeviceData, Hyperparams, build_training, resolve_batch_size, resolve_device, train_step
-from tasks.features import NUM_FEATURES
+from tasks.training.batch_size import is_oom
+from tasks.data.dataset import PreparedData
+from tasks.training.trainer import DeviceData, Hyperparams, build_training, resolve_batch_size, resolve_device, train_step
+from tasks.data.features import NUM_FEATURES
 
 HPARAMS = Hyperparams(learning_rate=1e-4, dropout=0.1, weight_decay=1e-4)
 
