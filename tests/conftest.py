@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,26 @@ def smoke_config(tmp_path: Path) -> HpoConfig:
     """The smoke path: real data, real stores (SQLite under tmp_path), a few short epochs."""
     return HpoConfig(
         data=DataConfig(),
-        train=TrainConfig(max_epochs=1, max_batches_per_epoch=4, batch_size=64, warmup_steps=2, device="cpu"),
+        train=TrainConfig(max_epochs=1, max_batches_per_epoch=4, batch_size=64, max_warmup_steps=2, device="cpu"),
         study=StudyConfig(n_trials=8, heartbeat_interval_s=1, heartbeat_grace_s=4, baselines=False),
         stores=StoreConfig(root=tmp_path / "mlruns"),
     )
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, migrated once: migrating a fresh one takes seconds each time."""
+    from tasks.tracking.runs import mlflow_client
+
+    root = tmp_path_factory.mktemp("mlflow-template")
+    mlflow_client(StoreConfig(root=root)).search_experiments()
+    return root / "mlflow.db"
+
+
+@pytest.fixture
+def stores(tmp_path: Path, migrated_mlflow_db: Path) -> StoreConfig:
+    """Stores under tmp_path, starting from a copy of the migrated empty MLflow database."""
+    root = tmp_path / "mlruns"
+    root.mkdir()
+    shutil.copy(migrated_mlflow_db, root / "mlflow.db")
+    return StoreConfig(root=root)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from models.arch_grid import forced_extremes, get_architectures_for_budget
-from tasks.analysis import (
+from tasks.report.analysis import (
     Interval,
     analyse_campaign,
     auc_interval,
@@ -30,11 +30,11 @@ from tasks.analysis import (
     value_table,
     verification_checklist,
 )
-from tasks.report import render_markdown
+from tasks.report.render import render_markdown
 
 
 def run(study: str = "2M_h1", n: int = 0, auc: float | None = 0.7, **values) -> dict:
-    """One trial row as `tasks.report.runs_frame` builds it (params and tags as text)."""
+    """One trial row as `tasks.report.render.runs_frame` builds it (params and tags as text)."""
     row = {"run_id": f"{study}-{n}", "experiment": study, "run_kind": "trial", "source": "hpo", "state": "complete",
            "status": "FINISHED", "trial_number": str(n), "val_auc": auc, "extreme_type": "none",
            "d_model": "64", "n_layers": "4", "n_heads": "4", "d_ff_ratio": "2",
@@ -239,7 +239,7 @@ def test_normalise_fills_identity_and_state():
     assert runs["state"].tolist() == ["complete", "failed", "incomplete", "complete"]
     assert runs["complete"].tolist() == [True, False, False, True]
     assert runs["study_version"].tolist() == [3, 3, 1, 1] and runs["horizon"].tolist() == [5, 5, 3, 1]
-    assert runs["budget"].tolist() == ["20M", "20M", "smoke", "2B"] and runs["study"].tolist()[3] == "2B_h1"
+    assert runs["budget"].tolist() == ["20M", "20M", "smoke-2M", "2B"] and runs["study"].tolist()[3] == "2B_h1"
     assert runs["budget_group"].tolist() == ["20M", "20M", "smoke-2M", "2B"]
     assert budget_order(["2B", "smoke-20M", "2M", "smoke", "smoke-2M", "other"]) == ["smoke", "2M", "2B", "other", "smoke-2M", "smoke-20M"]
 

@@ -10,14 +10,15 @@ from models.arch_grid import (
     BUDGET_BANDS,
     BUDGETS,
     CURRENT_GRID_VERSION,
-    EXTREME_TYPES,
     GRID_VERSIONS,
     LEGACY_GRID_VERSION,
+    REAL_BUDGETS,
     ArchitectureOutOfBudget,
     count_parameters,
     find_arch_idx,
     forced_extremes,
     get_architectures_for_budget,
+    smoke_budget,
     validate_architecture,
 )
 from models.transformer import ModelConfig, TransformerClassifier, num_parameters
@@ -68,6 +69,13 @@ def test_count_matches_an_initialised_cpu_model_for_other_feature_counts():
         for d_model, n_layers, n_heads, d_ff in [(16, 1, 2, 32), (32, 3, 4, 128), (48, 2, 1, 96)]:
             model = build(d_model, n_layers, n_heads, d_ff, num_features)
             assert num_parameters(model) == count_parameters(d_model, n_layers, d_ff, num_features)
+
+
+def test_count_of_a_small_model_worked_by_hand():
+    # 25 features, d_model 16, 1 layer, d_ff 32 (weights + biases):
+    # input 25*16+16 = 416; block: ln1 32, qkv 16*48+48 = 816, out 16*16+16 = 272, ln2 32,
+    # fc1 16*32+32 = 544, fc2 32*16+16 = 528 (2224); final ln 32; head 16+1 = 17.
+    assert count_parameters(16, 1, 32) == 416 + 2224 + 32 + 17 == 2689
 
 
 def test_the_count_does_not_depend_on_the_window():
@@ -158,7 +166,7 @@ def test_an_out_of_band_request_is_refused_with_its_exact_count_and_the_band():
 def test_a_too_small_request_is_refused_and_an_in_band_one_returns_its_count():
     with pytest.raises(ArchitectureOutOfBudget, match=r"1,500,000, 2,500,000"):
         validate_architecture("2M", d_model=32, n_layers=2, n_heads=4, d_ff=64)
-    assert validate_architecture("20M", 128, 160, 8, 256) == count_parameters(128, 160, 256)
+    assert validate_architecture("20M", 128, 160, 8, 256) == 21_200_513
     with pytest.raises(ValueError, match="not divisible"):
         validate_architecture("2M", d_model=64, n_layers=64, n_heads=3, d_ff=128)
 
@@ -167,8 +175,9 @@ def test_a_too_small_request_is_refused_and_an_in_band_one_returns_its_count():
 def test_forced_extremes_take_each_dimensions_min_and_max(grid_version, budget):
     archs = get_architectures_for_budget(budget, grid_version=grid_version)
     chosen = forced_extremes(archs)
-    assert [kind for kind, _ in chosen] == list(EXTREME_TYPES)
-    assert len(set(EXTREME_TYPES)) == 6
+    assert [kind for kind, _ in chosen] == [
+        "min_d_model", "max_d_model", "min_n_layers", "max_n_layers", "min_n_heads", "max_n_heads",
+    ]
     for kind, arch in chosen:
         side, dim = kind.split("_", 1)
         values = [getattr(a, dim) for a in archs]
@@ -213,3 +222,84 @@ def test_model_refuses_windows_longer_than_max_len():
     model = TransformerClassifier(ModelConfig(25, 16, 1, 2, 32, max_len=10))
     with pytest.raises(ValueError, match="exceeds max_len=10"):
         model(torch.randn(1, 11, 25))
+
+
+# --- the smoke ladder ---------------------------------------------------------------------------
+
+
+def test_the_smoke_ladder_gives_each_real_budget_its_own_larger_band():
+    """smoke-2M < smoke-20M < smoke-200M < smoke-2B: disjoint bands, each grid's median size
+    several times the one before, and enough entries for a smoke study's 8 trials."""
+    ladder = [smoke_budget(b) for b in REAL_BUDGETS]
+    assert ladder == ["smoke-2M", "smoke-20M", "smoke-200M", "smoke-2B"]
+    medians = []
+    for smaller, larger in zip(ladder, ladder[1:]):
+        assert BUDGET_BANDS[smaller][1] < BUDGET_BANDS[larger][0], (smaller, larger)
+    for budget in ladder:
+        counts = sorted(a.params for a in get_architectures_for_budget(budget))
+        assert len(counts) >= 8, budget
+        medians.append(counts[len(counts) // 2])
+    ratios = [b / a for a, b in zip(medians, medians[1:])]
+    assert all(r >= 2.5 for r in ratios), (medians, ratios)
+    # each stand-in's grid spans more than one width and depth, so its extremes differ
+    for budget in ladder[1:]:
+        archs = get_architectures_for_budget(budget)
+        assert len({a.d_model for a in archs}) >= 3 and len({a.n_layers for a in archs}) >= 3, budget
+
+
+def test_smoke_budget_names_the_stand_in_and_refuses_unknown_budgets():
+    assert smoke_budget("2B") == "smoke-2B"
+    assert smoke_budget("smoke-20M") == "smoke-20M" and smoke_budget("smoke") == "smoke"
+    with pytest.raises(ValueError, match="unknown budget '3M'"):
+        smoke_budget("3M")
+
+
+# --- initialisation and readout -----------------------------------------------------------------
+
+
+def _residual_update_scale(n_layers: int) -> float:
+    """std of what the blocks add to the residual stream at init, relative to the stream's input."""
+    torch.manual_seed(0)
+    model = build(64, n_layers, 4, 256).eval()
+    seen = {}
+    model.ln_f.register_forward_hook(lambda module, inputs, output: seen.update(h=inputs[0]))
+    x = torch.randn(8, 60, 25)
+    with torch.no_grad():
+        model(x)
+        h0 = model.input_proj(x) + model.positions[:60]  # (B, T, d_model): the stream before block 1
+    return ((seen["h"] - h0).std() / h0.std()).item()
+
+
+def test_the_initial_output_scale_does_not_grow_with_depth():
+    """Residual projections start at std 0.02/sqrt(2 n_layers): 96 blocks add no more to the
+    stream than 2 do. (With a fixed 0.02 the 96-layer update is ~6.6x the 2-layer one.)"""
+    shallow, deep = _residual_update_scale(2), _residual_update_scale(96)
+    assert deep < 1.5 * shallow, (shallow, deep)
+
+
+def test_the_residual_projections_get_the_scaled_std_and_the_rest_0_02():
+    torch.manual_seed(0)
+    model = build(64, 32, 4, 256)
+    expected = 0.02 / (2 * 32) ** 0.5
+    for block in model.blocks:
+        assert block.attn.out.weight.std().item() == pytest.approx(expected, rel=0.1)
+        assert block.mlp.fc2.weight.std().item() == pytest.approx(expected, rel=0.1)
+        assert block.mlp.fc1.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_the_default_readout_is_the_last_days_hidden_state():
+    """The default readout is the last day's hidden state: changing the last day changes the
+    logit, and over a window of one day it equals the mean readout."""
+    torch.manual_seed(0)
+    config = ModelConfig(num_features=25, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0)
+    assert config.readout == "last"
+    last = TransformerClassifier(config).eval()
+    mean = TransformerClassifier(ModelConfig(**{**config.__dict__, "readout": "mean"})).eval()
+    mean.load_state_dict(last.state_dict())
+    x = torch.randn(4, 20, 25)
+    changed = x.clone()
+    changed[:, -1] += 1.0
+    with torch.no_grad():
+        assert not torch.allclose(last(x), last(changed))
+        assert not torch.allclose(last(x), mean(x))
+        assert torch.allclose(last(x[:, -1:]), mean(x[:, -1:]))

@@ -14,23 +14,24 @@ from typer.testing import CliRunner
 
 from schemas.config import DataConfig, HpoConfig, StoreConfig
 from schemas.tracking import TAG_BASELINE_MODEL, TAG_RUN_KIND, TAG_SOURCE, TAG_STUDY
-from tasks import baselines
-from tasks.baselines import (
+from tasks.training import baselines
+from tasks.training.tasks import fit_baselines
+from tasks.training.baselines import (
     BASELINE_METRICS,
-    BASELINE_MODELS,
     TAG_BASELINE_KEY,
     BaselineSettings,
     baseline_key,
-    baselines_task,
     design_matrix,
     fit_baseline,
     run_baselines,
 )
-from tasks.data import PreparedData, cached_dataset
-from tasks.features import NUM_FEATURES
-from tasks.tracking import get_or_create_experiment, mlflow_client, search_all_runs
+from tasks.data.dataset import PreparedData, cached_dataset
+from tasks.data.features import NUM_FEATURES
+from tasks.tracking.runs import get_or_create_experiment, mlflow_client, search_all_runs
 
 ROWS_PER_TICKER = 700  # enough for the default 60-day window at h5 in each split
+# The baselines every study is compared with: two logistic regressions, gradient boosting, the base rate.
+MODELS = {"logreg", "logreg_flat", "hgb", "base_rate"}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_every_baseline_trains_on_train_rows_and_the_trials_anchors_only(config,
         monkeypatch.setattr(cls, "fit", spy)
 
     small = BaselineSettings(logreg_cs=(0.01,), logreg_flat_cs=(1e-4,), hgb_max_leaf_nodes=(4,), hgb_max_iter=(20,))
-    for model in BASELINE_MODELS:
+    for model in sorted(MODELS):
         fits.clear()
         fit_baseline(data, model, small)
         assert fits, f"{model} fitted nothing"
@@ -130,7 +131,7 @@ def test_baselines_are_logged_once_then_reused(config, monkeypatch):
 
     returned = run_baselines(config, "smoke_h1", 1)
     runs = search_all_runs(client, [experiment_id], f"tags.{TAG_RUN_KIND} = 'baseline'")
-    assert sorted(r.data.tags[TAG_BASELINE_MODEL] for r in runs) == sorted(BASELINE_MODELS) == sorted(returned)
+    assert sorted(r.data.tags[TAG_BASELINE_MODEL] for r in runs) == sorted(MODELS) == sorted(returned)
     data = prepared(config, 1)
     key = baseline_key(config.data, 1)
     for run in runs:
@@ -153,7 +154,7 @@ def test_baselines_are_logged_once_then_reused(config, monkeypatch):
     monkeypatch.setattr(baselines, "_FITTED", {})
     monkeypatch.setattr(baselines, "fit_baseline", lambda *a, **k: pytest.fail("cached baselines refitted"))
     assert run_baselines(config, "smoke_h1", 1) == returned
-    assert baselines_task.fn(config, "smoke_h1", 1) == returned
+    assert fit_baselines.fn(config, "smoke_h1", 1) == returned
     assert len(search_all_runs(client, [experiment_id])) == len(runs) + 1  # + the study run
 
     # another label: another key, new runs beside the old ones
@@ -179,7 +180,7 @@ def test_cli_logs_into_every_study_of_the_horizon(config, panel_csv):
         experiment_id = client.get_experiment_by_name(name).experiment_id
         logged[name] = {r.data.tags[TAG_BASELINE_MODEL]: r.data.metrics["val_auc"]
                         for r in search_all_runs(client, [experiment_id], f"tags.{TAG_RUN_KIND} = 'baseline'")}  # fmt: skip
-    assert logged["smoke_h3"] == logged["2M_h3"] and set(logged["smoke_h3"]) == set(BASELINE_MODELS)
+    assert logged["smoke_h3"] == logged["2M_h3"] and set(logged["smoke_h3"]) == MODELS
     assert logged["2M_h1"] == {}
 
     bad = CliRunner().invoke(app, ["baselines", "--horizon", "h2", "--root", str(config.stores.root)])

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import tasks.batch_size as batch_size_module
+import tasks.training.trainer as trainer_module
 from models.arch_grid import get_architectures_for_budget
 from schemas.config import TrainConfig
-from tasks.batch_size import BatchDoesNotFit, find_largest_batch, is_oom, probe_largest_batch
-from tasks.data import PreparedData
-from tasks.train import DeviceData, Hyperparams, resolve_batch_size, train_model
+from tasks.training.batch_size import BatchDoesNotFit, find_largest_batch, is_oom
+from tasks.training.trainer import probe_largest_batch
+from tasks.data.dataset import PreparedData
+from tasks.training.trainer import DeviceData, Hyperparams, resolve_batch_size, train_model
 
 
 class FakeDevice:
@@ -102,7 +103,7 @@ def device_data() -> PreparedData:
 
 def test_probe_runs_real_steps_and_frees_on_oom(monkeypatch, device_data):
     """On the CPU with an injected OOM above 40 windows: the probe's wiring end to end."""
-    real_step, seen = batch_size_module.train_step, []
+    real_step, seen = trainer_module.train_step, []
 
     def step_that_ooms_above_40(step_model, optimizer, x, y, grad_clip, **kw):
         seen.append(x.shape)
@@ -110,7 +111,7 @@ def test_probe_runs_real_steps_and_frees_on_oom(monkeypatch, device_data):
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real_step(step_model, optimizer, x, y, grad_clip, **kw)
 
-    monkeypatch.setattr(batch_size_module, "train_step", step_that_ooms_above_40)
+    monkeypatch.setattr(trainer_module, "train_step", step_that_ooms_above_40)
     arch = get_architectures_for_budget("smoke")[0]
     dev = DeviceData.from_prepared(device_data, torch.device("cpu"))
     config = TrainConfig(device="cpu")
@@ -123,7 +124,7 @@ def test_probe_propagates_errors_that_are_not_oom(monkeypatch, device_data):
     def broken_step(*args, **kwargs):
         raise RuntimeError("shapes cannot be multiplied")
 
-    monkeypatch.setattr(batch_size_module, "train_step", broken_step)
+    monkeypatch.setattr(trainer_module, "train_step", broken_step)
     arch = get_architectures_for_budget("smoke")[0]
     dev = DeviceData.from_prepared(device_data, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="shapes"):

@@ -10,7 +10,7 @@ from flows.campaign import assign_devices, campaign_stages
 from models.arch_grid import ArchitectureOutOfBudget, validate_architecture
 from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
-from tasks.supplemental import PLANS, SMOKE_PLANS
+from tasks.study.supplemental import PLANS, SMOKE_PLANS
 
 
 def test_stages_follow_the_plan():
@@ -47,7 +47,31 @@ def test_supplemental_plan_validation_matches_the_users_plan():
     smoke = SMOKE_PLANS["20M-h5-L160-180"]
     with pytest.raises(ArchitectureOutOfBudget):
         s3_smoke = next(e for e in smoke.entries if e.id == "S3")
-        validate_architecture("smoke", s3_smoke.d_model, s3_smoke.n_layers, s3_smoke.n_heads, s3_smoke.d_ff)
+        validate_architecture(smoke.budget, s3_smoke.d_model, s3_smoke.n_layers, s3_smoke.n_heads, s3_smoke.d_ff)
+    for name, plan in SMOKE_PLANS.items():
+        assert plan.budget == f"smoke-{PLANS[name].budget}", "each plan runs on its budget's smoke-ladder band"
+
+
+def test_the_smoke_switch_puts_each_study_on_its_budgets_ladder_band():
+    """20M_h5 under the smoke switch is smoke-20M_h5 on the smoke-20M grid, however it is named."""
+    for name in ("20M_h5", "200M_h1", "2B_h3_v2"):
+        spec = StudySpec.parse(name).as_smoke()
+        budget = name.split("_")[0]
+        assert (spec.budget, spec.smoke_of) == (f"smoke-{budget}", budget)
+        assert spec.name(spec.version or 1) == f"smoke-{name}"
+        assert StudySpec.parse(spec.name(spec.version or 1)) == spec
+    assert StudySpec(budget="smoke-2B", horizon=1) == StudySpec(budget="smoke", horizon="h1", smoke_of="2B")
+    assert StudySpec.parse("smoke_h1").as_smoke().budget == "smoke"
+    with pytest.raises(ValueError, match="cannot stand in for 20M"):
+        StudySpec(budget="2M", horizon=1, smoke_of="20M")
+
+
+def test_the_smoke_switch_trains_every_trial_for_several_epochs():
+    smoke = HpoConfig().smoke()
+    assert smoke.train.max_epochs >= 3 and smoke.train.patience >= 2
+    assert smoke.study.n_trials == 8
+    # the forced extremes' central learning rate learns in a short run (bench/RESULTS.md "Readout")
+    assert smoke.search.central()["learning_rate"] >= 5e-4
 
 
 @pytest.mark.slow
@@ -78,16 +102,16 @@ def test_smoke_campaign_runs_stages_in_order_and_resumes_without_retraining(smok
     # supplemental: the valid stand-ins ran with the main study's best hyperparameters; S3 refused
     supplemental = {r["id"]: r for r in result["supplemental 20M-h5-L160-180"]}
     assert supplemental["S3"]["state"] == "refused" and "outside the smoke band" in supplemental["S3"]["detail"]
-    assert {supplemental["S1"]["state"], supplemental["S2"]["state"]} == {"complete"}
+    assert {supplemental[s]["state"] for s in ("S1", "S2", "S4", "S5")} == {"complete"}
     experiment = client.get_experiment_by_name("smoke-20M_h5")
     trials = client.search_runs([experiment.experiment_id], f"tags.{T.TAG_SOURCE} = 'hpo' and tags.{T.TAG_RUN_KIND} = 'trial'")
     best = max(trials, key=lambda r: r.data.metrics["val_auc"])
     extra = client.search_runs([experiment.experiment_id], f"tags.{T.TAG_SOURCE} = 'supplemental'")
-    assert sorted(r.data.tags[T.TAG_SUPPLEMENTAL_ID] for r in extra) == ["S1", "S2"]
+    assert sorted(r.data.tags[T.TAG_SUPPLEMENTAL_ID] for r in extra) == ["S1", "S2", "S4", "S5"]
     for run in extra:
         assert run.info.status == "FINISHED"
         assert {k: run.data.params[k] for k in T.HPARAMS} == {k: best.data.params[k] for k in T.HPARAMS}
-        assert run.data.params["n_layers"] == "3" and "n_heads" in run.data.params
+        assert run.data.params["n_layers"] in ("4", "5") and run.data.params["budget"] == "smoke-20M"
     assert (tmp_path / "reports" / "report.md").exists() and (tmp_path / "reports" / "report.html").exists()
 
     # Again: every study is complete, so nothing trains and no run is added.

@@ -10,7 +10,7 @@ import pydantic
 import pytest
 
 from schemas.config import DataConfig
-from tasks.data import (
+from tasks.data.dataset import (
     SPLITS,
     DataError,
     PreparedData,
@@ -20,7 +20,7 @@ from tasks.data import (
     prepare_dataset,
     train_rows_for_statistics,
 )
-from tasks.features import NUM_FEATURES, compute_features, compute_labels
+from tasks.data.features import compute_features, compute_labels
 
 
 def random_walk_ohlcv(n: int, seed: int, start: str = "2001-01-01") -> pd.DataFrame:
@@ -106,7 +106,7 @@ def test_bundled_splits_have_gaps_so_nothing_crosses_a_boundary(bundled_panel, h
     data = prepare_dataset(bundled_panel, DataConfig(), horizon, "bundled")
     assert data.tickers == ("SP500", "NASDAQ")
     assert data.window == 60 and data.horizon == horizon
-    assert data.features.shape == (len(bundled_panel), NUM_FEATURES)
+    assert data.features.shape == (len(bundled_panel), 25)
     assert_no_window_or_label_crosses_a_boundary(bundled_panel, data)
     assert_labels_and_windows_are_the_panels(bundled_panel, data)
     starts = {split: data.split_dates[split][0] for split in SPLITS}
@@ -150,7 +150,7 @@ def test_synthetic_panel_splits_have_gaps(window, horizon, train_fraction, val_f
     assert data.tickers == ("AAA", "BBB")
     assert_no_window_or_label_crosses_a_boundary(panel, data)
     assert_labels_and_windows_are_the_panels(panel, data)
-    assert data.windows("val").shape == (len(data.anchors["val"]), window, NUM_FEATURES)
+    assert data.windows("val").shape == (len(data.anchors["val"]), window, 25)
 
 
 # --- standardisation -------------------------------------------------------------------------
@@ -236,9 +236,11 @@ def test_duplicate_dates(tmp_path):
     assert "keep one row per ticker and date" in error.fix
 
 
-@pytest.mark.parametrize("horizon", [1, 5])
-def test_too_few_rows_for_window_and_horizon(tmp_path, horizon):
-    need = minimum_rows(DataConfig(), horizon)
+# 60 warm-up rows, then the smallest split (15%) must hold a 60-day window, the horizon and 10
+# anchors: 60 + ceil((60 + h + 10) / 0.15).
+@pytest.mark.parametrize(("horizon", "need"), [(1, 60 + 474), (5, 60 + 500)])
+def test_too_few_rows_for_window_and_horizon(tmp_path, horizon, need):
+    assert minimum_rows(DataConfig(), horizon) == need
     error = load_error(write_csv(random_walk_ohlcv(need - 1, seed=0), tmp_path), horizon)
     assert f"{need - 1} rows, too few" in error.problem
     assert f"need at least {need}" in error.problem

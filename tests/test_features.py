@@ -6,8 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import load_bundled_panel
-from tasks.features import FEATURE_NAMES, FEATURES, NUM_FEATURES, WARMUP_DAYS, compute_features, compute_labels
+from tasks.data.dataset import load_bundled_panel
+from tasks.data.features import FEATURE_NAMES, FEATURES, NUM_FEATURES, WARMUP_DAYS, compute_features, compute_labels
+
+# The 25 features the mission names, in the column order checkpoints were trained on, each with the
+# row of a ticker's history where it is first defined (its lookback: ret_5 needs C[-5], so row 5;
+# a 20-day mean of same-day values needs rows 0..19, so row 19).
+FIRST_DEFINED_ROW = {
+    "ret_1": 1, "ret_5": 5, "ret_10": 10, "ret_20": 20, "ret_60": 60,
+    "gap": 1, "intraday_ret": 0, "hl_range": 0, "upper_shadow": 0, "lower_shadow": 0, "high_vs_prev_close": 1,
+    "vol_5": 5, "vol_20": 20, "vol_60": 60, "parkinson_20": 19, "atr_14": 14, "vol_ratio_5_20": 20,
+    "sma_gap_5": 4, "sma_gap_20": 19, "sma_gap_50": 49, "rsi_14": 14, "range_pos_20": 19, "drawdown_20": 19,
+    "volume_change": 1, "volume_ratio_20": 19,
+}
 
 
 def random_walk_ohlcv(n: int, seed: int) -> pd.DataFrame:
@@ -32,14 +43,20 @@ def perturb_after(frame: pd.DataFrame, t: int, seed: int) -> pd.DataFrame:
     return changed
 
 
-def test_exactly_25_uniquely_named_documented_features():
-    assert NUM_FEATURES == len(FEATURES) == len(FEATURE_NAMES) == 25
-    assert len(set(FEATURE_NAMES)) == 25
+def test_the_25_named_features_in_order_each_documented():
+    assert len(FIRST_DEFINED_ROW) == 25
+    assert FEATURE_NAMES == tuple(FIRST_DEFINED_ROW) and NUM_FEATURES == 25
     for name, formula in FEATURES:
-        assert name.isidentifier(), name
         assert formula.strip(), f"{name} has no formula"
     features = compute_features(random_walk_ohlcv(100, seed=0))
-    assert tuple(features.columns) == FEATURE_NAMES
+    assert tuple(features.columns) == tuple(FIRST_DEFINED_ROW)
+
+
+def test_each_feature_is_first_defined_after_its_lookback():
+    features = compute_features(random_walk_ohlcv(100, seed=6))
+    for name, row in FIRST_DEFINED_ROW.items():
+        assert features[name].iloc[:row].isna().all(), f"{name} is defined before row {row}: it cannot be"
+        assert np.isfinite(features[name].iloc[row:]).all(), f"{name} is still undefined from row {row}"
 
 
 @pytest.mark.parametrize("t", [0, 5, 30, 59, 60, 61, 120, 250, 398])
@@ -62,10 +79,11 @@ def test_features_are_causal_on_the_bundled_data():
 
 
 def test_features_are_defined_from_the_end_of_the_warm_up():
+    assert WARMUP_DAYS == max(FIRST_DEFINED_ROW.values()) == 60  # ret_60 and vol_60
     for frame in (random_walk_ohlcv(300, seed=2), load_bundled_panel().query("ticker == 'NASDAQ'")):
         features = compute_features(frame.reset_index(drop=True))
-        assert np.isfinite(features.iloc[WARMUP_DAYS:].to_numpy()).all()
-        assert features.iloc[WARMUP_DAYS - 1].isna().any(), "the longest lookback needs WARMUP_DAYS rows"
+        assert np.isfinite(features.iloc[60:].to_numpy()).all()
+        assert features.iloc[59].isna().any(), "the longest lookback needs 60 rows"
 
 
 def test_features_follow_their_documented_formulas():
@@ -80,18 +98,32 @@ def test_features_follow_their_documented_formulas():
     gains, losses = np.clip(dc, 0, None).mean(), np.clip(-dc, 0, None).mean()
     expected = {
         "ret_1": np.log(c[t] / c[t - 1]),
+        "ret_5": np.log(c[t] / c[t - 5]),
+        "ret_10": np.log(c[t] / c[t - 10]),
+        "ret_20": np.log(c[t] / c[t - 20]),
         "ret_60": np.log(c[t] / c[t - 60]),
         "gap": np.log(o[t] / c[t - 1]),
+        "intraday_ret": np.log(c[t] / o[t]),
+        "hl_range": np.log(h[t] / l[t]),
         "upper_shadow": np.log(h[t] / max(o[t], c[t])),
+        "lower_shadow": np.log(min(o[t], c[t]) / l[t]),
+        "high_vs_prev_close": np.log(h[t] / c[t - 1]),
+        "vol_5": np.std(r[t - 5 : t], ddof=1),
         "vol_20": np.std(r[t - 20 : t], ddof=1),
+        "vol_60": np.std(r[t - 60 : t], ddof=1),
         "parkinson_20": np.sqrt(np.mean(np.log(h[last] / l[last]) ** 2) / (4 * np.log(2))),
         "atr_14": np.mean(true_range) / c[t],
+        "vol_ratio_5_20": np.std(r[t - 5 : t], ddof=1) / np.std(r[t - 20 : t], ddof=1),
+        "sma_gap_5": c[t] / c[t - 4 : t + 1].mean() - 1,
+        "sma_gap_20": c[t] / c[last].mean() - 1,
         "sma_gap_50": c[t] / c[t - 49 : t + 1].mean() - 1,
         "rsi_14": gains / (gains + losses) - 0.5,
         "range_pos_20": (c[t] - l[last].min()) / (h[last].max() - l[last].min()),
         "drawdown_20": np.log(c[t] / h[last].max()),
+        "volume_change": np.log((v[t] + 1) / (v[t - 1] + 1)),
         "volume_ratio_20": np.log((v[t] + 1) / (v[last].mean() + 1)),
     }
+    assert set(expected) == set(FIRST_DEFINED_ROW), "every feature's formula is checked by hand"
     for name, value in expected.items():
         assert features[name].iloc[t] == pytest.approx(value, rel=1e-9, abs=1e-12), name
 
@@ -101,9 +133,10 @@ def test_flat_prices_give_finite_features():
     frame = random_walk_ohlcv(120, seed=4)
     frame.loc[:, ["Open", "High", "Low", "Close"]] = 50.0
     features = compute_features(frame)
-    assert np.isfinite(features.iloc[WARMUP_DAYS:].to_numpy()).all()
-    assert (features["vol_ratio_5_20"].iloc[WARMUP_DAYS:] == 1.0).all()
-    assert (features["range_pos_20"].iloc[WARMUP_DAYS:] == 0.5).all()
+    assert np.isfinite(features.iloc[60:].to_numpy()).all()
+    assert (features["vol_ratio_5_20"].iloc[60:] == 1.0).all()
+    assert (features["range_pos_20"].iloc[60:] == 0.5).all()
+    assert (features["rsi_14"].iloc[60:] == 0.0).all()
 
 
 def hand_example() -> pd.DataFrame:

@@ -4,7 +4,6 @@ import. Logs are crafted from the real version-1 grid (the one the legacy runs u
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from models.arch_grid import LEGACY_GRID_VERSION, Architecture, get_architecture
 from schemas.config import StoreConfig
 from schemas.legacy import LegacyExperiment, LegacyTrial
 from schemas.tracking import FINAL_METRICS, TAG_LEGACY_KEY, TAG_N_HEADS_SOURCE, TAG_SOURCE, TAG_STATE, TRIAL_PARAMS
-from tasks.legacy import (
+from tasks.legacy.parser import (
     LogParser,
     load_experiment,
     parse_fields,
@@ -24,40 +23,7 @@ from tasks.legacy import (
     write_experiment,
 )
 
-GRID = get_architectures_for_budget("2M", grid_version=LEGACY_GRID_VERSION)
-TS = "2025-11-02 14:03:12,001"
-
-
-def line(message: str, level: str = "INFO", ts: str = TS) -> str:
-    return f"{ts} - hpo - {level} - {message}\n"
-
-
-def header(name: str = "2M_h1", budget: str = "2M", horizon: str = "h1", n_trials: int = 50) -> str:
-    return line(f"=== HPO {name} | budget={budget} horizon={horizon} n_trials={n_trials} timeout_hours=4 ===")
-
-
-def start(number: int, arch: Architecture, heads: bool = False, lr: str = "1e-05", **override: object) -> str:
-    """A trial-start line for a real grid entry; `heads` writes the newer format (with n_heads)."""
-    fields = {"arch_idx": arch.arch_idx, "d_model": arch.d_model, "n_layers": arch.n_layers}
-    if heads:
-        fields["n_heads"] = arch.n_heads
-    fields |= {"params": f"{arch.params:,}", "lr": lr, "dropout": 0.1, "weight_decay": "1e-05", "d_ff_ratio": arch.d_ff_ratio}
-    fields |= override
-    return line(f"Trial {number}: " + ", ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
-
-
-def finished(number: int, auc: float = 0.7094, **more: object) -> str:
-    fields = {"val_auc": auc, "pred_min": 0.3112, "pred_max": 0.7741, "recall": 0.5521, "epochs": 18, "seconds": 388.1} | more
-    return line(f"Trial {number} finished: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
-
-
-def failed(number: int, reason: str = "CUDA out of memory") -> str:
-    return line(f"Trial {number} failed: {reason}", level="WARNING")
-
-
-def write_log(path: Path, lines: list[str], newline: str = "\n") -> Path:
-    path.write_bytes("".join(lines).replace("\n", newline).encode())
-    return path
+from helpers import GRID, failed, finished, header, legacy_runs, line, old_json_trials, start, write_log
 
 
 def parse(lines: list[str], source: str = "2M_h1.log") -> tuple[list, LogParser]:
@@ -297,7 +263,7 @@ def test_forced_extreme_before_start_and_unknown_types() -> None:
 
 
 def test_start_lines_of_the_current_study_driver_are_read() -> None:
-    from tasks.study import trial_description
+    from tasks.study.driver import trial_description
 
     hp = {"learning_rate": 5e-05, "dropout": 0.3, "weight_decay": 0.0}
     text = trial_description(4, GRID[4], hp) + " [forced extreme: max_n_heads]"
@@ -331,7 +297,8 @@ def test_unknown_budget_or_horizon_in_the_header_skips_with_a_clear_message(tmp_
     path = write_log(tmp_path / "x.log", [header("3M_h2", budget="3M", horizon="h2"), start(0, GRID[0]), finished(0)])
     result = recover_file(path)
     assert result.experiments == []
-    assert (f"{path}:1: experiment 3M_h2: unknown budget '3M'; choose one of smoke, 2M, 20M, 200M, 2B; "
+    assert (f"{path}:1: experiment 3M_h2: unknown budget '3M'; choose one of smoke, 2M, 20M, 200M, 2B, "
+            "smoke-2M, smoke-20M, smoke-200M, smoke-2B; "
             "unknown horizon 'h2'; choose one of h1, h3, h5; its 1 trials skipped") in reasons(result.problems)
 
 
@@ -469,15 +436,6 @@ def test_our_json_file_with_a_typo_is_refused(tmp_path: Path, mixed_log: Path) -
 # --- older trial JSON files ------------------------------------------------------------------
 
 
-def old_json_trials() -> list[dict]:
-    """The old recovery script's output: n_heads null, Optuna-ish keys."""
-    def trial(number, arch, **more):
-        return {"trial_number": number, "arch_idx": arch.arch_idx, "d_model": arch.d_model, "n_layers": arch.n_layers,
-                "n_heads": None, "params": arch.params, "lr": 1e-4, "dropout": 0.3, "weight_decay": 0.0,
-                "d_ff_ratio": arch.d_ff_ratio, "val_auc": 0.7, "status": "COMPLETE", "user_attrs": {"gpu": "A100"}} | more
-    return [trial(0, GRID[0]), trial(1, GRID[11], status="FAIL", val_auc=None), trial(2, GRID[12], d_model=96)]
-
-
 def test_old_json_is_validated_and_rewritten_with_n_heads(tmp_path: Path) -> None:
     path = tmp_path / "phase6a_2M_h1_threshold_1pct_all_trials.json"
     path.write_text(json.dumps(old_json_trials()))
@@ -517,42 +475,20 @@ def test_unreadable_json_is_a_problem_not_a_crash(tmp_path: Path) -> None:
 # --- MLflow import ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store, migrated once: migrating a fresh one takes seconds each time."""
-    from tasks.tracking import mlflow_client
-
-    root = tmp_path_factory.mktemp("mlflow-template")
-    mlflow_client(StoreConfig(root=root)).search_experiments()
-    return root / "mlflow.db"
-
-
-@pytest.fixture
-def stores(tmp_path: Path, migrated_mlflow_db: Path) -> StoreConfig:
-    """Stores under tmp_path, starting from a copy of the migrated empty MLflow database."""
-    root = tmp_path / "mlruns"
-    root.mkdir()
-    shutil.copy(migrated_mlflow_db, root / "mlflow.db")
-    return StoreConfig(root=root)
-
-
-def _legacy_runs(stores: StoreConfig, experiment: str = "2M_h1"):
-    from tasks.tracking import mlflow_client, search_all_runs
-
-    client = mlflow_client(stores)
-    found = client.get_experiment_by_name(experiment)
-    return client, search_all_runs(client, [found.experiment_id], "tags.source = 'legacy'")
-
-
 def test_import_creates_one_run_per_trial_with_the_trial_contract(stores: StoreConfig, mixed_log: Path) -> None:
-    from tasks.legacy_import import import_experiment
+    from tasks.legacy.importer import import_experiment
+    from tasks.tracking.runs import search_all_runs
 
     [experiment] = recover_file(mixed_log).experiments
     counts = import_experiment(experiment, stores, mixed_log)
     assert (counts.created, counts.unchanged, counts.replaced) == (4, 0, 0)
-    client, runs = _legacy_runs(stores)
+    client, runs = legacy_runs(stores)
     by_name = {run.info.run_name: run for run in runs}
     assert set(by_name) == {"2M_h1 #0", "2M_h1 #1", "2M_h1 #2", "2M_h1 #3"}
+    # every legacy trial is a child of the one study run the import made for the experiment
+    [study_run] = search_all_runs(client, [runs[0].info.experiment_id], "tags.run_kind = 'study'")
+    assert study_run.data.tags["source"] == "legacy" and study_run.data.tags["study"] == "2M_h1"
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {study_run.info.run_id}
 
     done = by_name["2M_h1 #0"]
     assert done.info.status == "FINISHED"
@@ -578,18 +514,18 @@ def test_import_creates_one_run_per_trial_with_the_trial_contract(stores: StoreC
 
 
 def test_unrecoverable_n_heads_is_absent_from_params(stores: StoreConfig, tmp_path: Path) -> None:
-    from tasks.legacy_import import import_experiment
+    from tasks.legacy.importer import import_experiment
 
     path = write_log(tmp_path / "2M_h1.log", [header(), start(0, GRID[3], d_model=32), finished(0)])
     [experiment] = recover_file(path).experiments
     import_experiment(experiment, stores, path)
-    _, [run] = _legacy_runs(stores)
+    _, [run] = legacy_runs(stores)
     assert "n_heads" not in run.data.params and run.data.params["d_model"] == "32"
     assert run.data.tags[TAG_N_HEADS_SOURCE] == "unrecoverable" and "d_model 64 (grid)" in run.data.tags["n_heads_note"]
 
 
 def test_import_twice_creates_no_duplicates_and_replaces_changed_trials(stores: StoreConfig, tmp_path: Path) -> None:
-    from tasks.legacy_import import import_experiment
+    from tasks.legacy.importer import import_experiment
 
     lines = [header(), start(0, GRID[0]), finished(0), start(1, GRID[1])]
     path = write_log(tmp_path / "2M_h1.log", lines)
@@ -597,14 +533,14 @@ def test_import_twice_creates_no_duplicates_and_replaces_changed_trials(stores: 
     import_experiment(experiment, stores, path)
     again = import_experiment(experiment, stores, path)
     assert (again.created, again.unchanged, again.replaced) == (0, 2, 0)
-    assert len(_legacy_runs(stores)[1]) == 2
+    assert len(legacy_runs(stores)[1]) == 2
 
     # The log grows: trial 1 finishes and trial 0 is restarted; the changed runs are replaced.
     path = write_log(path, [*lines, finished(1), start(0, GRID[4]), finished(0, auc=0.72)])
     [grown] = recover_file(path).experiments
     counts = import_experiment(grown, stores, path)
     assert (counts.created, counts.unchanged, counts.replaced) == (1, 0, 2)
-    _, runs = _legacy_runs(stores)
+    _, runs = legacy_runs(stores)
     assert sorted(r.data.tags[TAG_LEGACY_KEY] for r in runs) == ["2M_h1#0@1", "2M_h1#0@2", "2M_h1#1@1"]
     names = {r.data.tags[TAG_LEGACY_KEY]: (r.info.run_name, r.info.status) for r in runs}
     assert names["2M_h1#0@1"] == ("2M_h1 #0 (attempt 1, superseded)", "FAILED")
@@ -612,7 +548,7 @@ def test_import_twice_creates_no_duplicates_and_replaces_changed_trials(stores: 
 
 
 def test_import_from_rewritten_json_matches_import_from_log(stores: StoreConfig, tmp_path: Path, mixed_log: Path) -> None:
-    from tasks.legacy_import import import_experiment
+    from tasks.legacy.importer import import_experiment
 
     [from_log] = recover_file(mixed_log).experiments
     import_experiment(from_log, stores, mixed_log)
@@ -622,15 +558,15 @@ def test_import_from_rewritten_json_matches_import_from_log(stores: StoreConfig,
 
 
 def test_a_half_made_run_is_replaced(stores: StoreConfig, tmp_path: Path) -> None:
-    from tasks.legacy_import import import_experiment
-    from tasks.tracking import get_or_create_experiment, mlflow_client
+    from tasks.legacy.importer import import_experiment
+    from tasks.tracking.runs import get_or_create_experiment, mlflow_client
 
     path = write_log(tmp_path / "2M_h1.log", [header(), start(0, GRID[0]), finished(0)])
     [experiment] = recover_file(path).experiments
     client = mlflow_client(stores)
     experiment_id = get_or_create_experiment(client, "2M_h1", stores.artifact_root)
-    client.create_run(experiment_id, tags={TAG_SOURCE: "legacy", TAG_LEGACY_KEY: "2M_h1#0@1"})  # a crash left this
+    client.create_run(experiment_id, tags={"run_kind": "trial", TAG_SOURCE: "legacy", TAG_LEGACY_KEY: "2M_h1#0@1"})  # a crash left this
     counts = import_experiment(experiment, stores, path)
     assert (counts.created, counts.replaced) == (0, 1)
-    _, [run] = _legacy_runs(stores)
+    _, [run] = legacy_runs(stores)
     assert run.info.status == "FINISHED"

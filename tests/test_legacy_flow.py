@@ -7,40 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.recover import recover
 from schemas.legacy import RecoverRequest
-from tasks.legacy import load_experiment
-from test_legacy import (  # noqa: F401  (fixtures are used by name)
-    GRID,
-    _legacy_runs,
-    failed,
-    finished,
-    header,
-    migrated_mlflow_db,
-    old_json_trials,
-    start,
-    stores,
-    write_log,
-)
+from tasks.legacy.parser import load_experiment
+
+from helpers import GRID, failed, finished, header, legacy_runs, old_json_trials, start, write_log
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_api(request: pytest.FixtureRequest):
-    """The session's temporary Prefect API where conftest has one, else one for this module
-    (starting one costs 10-25 s on 2 busy cores, so the suite should start it once)."""
-    try:
-        request.getfixturevalue("prefect_harness")
-    except pytest.FixtureLookupError:
-        pass
-    else:
-        yield
-        return
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_harness")  # the flows talk to a temporary Prefect API
 
 
 @pytest.fixture
@@ -85,7 +62,7 @@ def test_flow_recovers_writes_and_imports_idempotently(tmp_path: Path, stores, c
 
     again = recover(request)
     assert [(r.mlflow.created, r.mlflow.replaced) for r in again.experiments] == [(0, 0)] * 3
-    assert len(_legacy_runs(stores, "2M_h3")[1]) == 4
+    assert len(legacy_runs(stores, "2M_h3")[1]) == 4
 
 
 def test_flow_strict_writes_nothing_when_there_is_a_problem(tmp_path: Path, stores, messy_log: Path) -> None:
@@ -121,7 +98,7 @@ def test_cli_strict_passes_a_clean_log_and_imports_it(tmp_path: Path, stores, cl
     result = _hpo(*args)
     assert result.exit_code == 0, result.output
     assert "2/0/0" in result.output  # mlflow runs: new/same/replaced
-    assert len(_legacy_runs(stores)[1]) == 2
+    assert len(legacy_runs(stores)[1]) == 2
 
 
 def test_cli_refuses_an_unknown_grid_version(tmp_path: Path, clean_log: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from models.arch_grid import get_architectures_for_budget
 from schemas.config import TrainConfig
 from schemas.trial import NOOP_RESULT, TrialRequest
-from tasks.trial_runner import run_trial_process
+from tasks.study.trial_process import run_trial_process
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 

@@ -12,13 +12,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from models.arch_grid import get_architectures_for_budget
 from models.transformer import ModelConfig, SelfAttention, TransformerClassifier
 from schemas.config import TrainConfig
-from tasks.data import PreparedData
-from tasks.packed import PackedTrial, TrialAttention, TrialDropout, make_packable, train_packed
-from tasks.train import Hyperparams, TrialDiverged, evaluate_state, train_model
+from tasks.data.dataset import PreparedData
+from bench.packed import PackedTrial, TrialAttention, TrialDropout, make_packable, train_packed
+from tasks.training.trainer import Hyperparams, TrialDiverged, evaluate_state, train_model
 
 WINDOW = 16
 ARCH = get_architectures_for_budget("smoke")[3]  # d_model 16, 2 layers, 2 heads: small, not trivial
-CONFIG = TrainConfig(max_epochs=4, max_batches_per_epoch=3, batch_size=32, warmup_steps=2, patience=1, device="cpu")
+CONFIG = TrainConfig(max_epochs=4, max_batches_per_epoch=3, batch_size=32, max_warmup_steps=2, patience=1, device="cpu")
 
 
 def tiny_data(rows: int = 400, seed: int = 0) -> PreparedData:

@@ -24,7 +24,7 @@ from models.arch_grid import forced_extremes, get_architectures_for_budget
 from schemas import tracking as T
 from schemas.config import HpoConfig, StoreConfig, StudyConfig, StudySpec
 from schemas.trial import FAULT_ENV
-from tasks.study import open_study, optuna_storage, run_study
+from tasks.study.driver import open_study, optuna_storage, run_study
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -147,7 +147,7 @@ def test_hung_trial_is_killed_and_failed(smoke_config, monkeypatch):
 
 
 def test_failure_limit_stops_the_run_and_resume_continues(smoke_config, monkeypatch):
-    from tasks.study import StudyStopped
+    from tasks.study.driver import StudyStopped
 
     study = smoke_config.study.model_copy(update={"n_trials": 2, "max_failed_trials": 1})
     config = smoke_config.model_copy(update={"study": study})

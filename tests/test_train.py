@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import tasks.train
+import tasks.training.trainer
 from models.arch_grid import find_arch_idx, get_architectures_for_budget
 from schemas.config import DataConfig, TrainConfig
-from tasks.data import PreparedData, load_panel, prepare_dataset
-from tasks.train import (
+from tasks.data.dataset import PreparedData, load_panel, prepare_dataset
+from tasks.training.trainer import (
     DeviceData,
     Hyperparams,
     TrainResult,
@@ -41,7 +42,7 @@ def bundled_h1() -> PreparedData:
 
 def short_config(**overrides) -> TrainConfig:
     """A few tiny CPU epochs: enough to exercise the loop, not to learn."""
-    settings = dict(max_epochs=2, max_batches_per_epoch=4, batch_size=64, warmup_steps=2, device="cpu", seed=0)
+    settings = dict(max_epochs=2, max_batches_per_epoch=4, batch_size=64, max_warmup_steps=2, device="cpu", seed=0)
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -52,7 +53,7 @@ def short_config(**overrides) -> TrainConfig:
 def trained(bundled_h1):
     """The smoke budget's min_d_model architecture, three full epochs on the bundled data (CPU)."""
     arch = smoke_arch(d_model=16, n_layers=2, n_heads=2)
-    config = TrainConfig(max_epochs=3, batch_size=128, warmup_steps=20, patience=3, device="cpu", seed=0)
+    config = TrainConfig(max_epochs=3, batch_size=128, max_warmup_steps=20, patience=3, device="cpu", seed=0)
     torch.manual_seed(config.seed)
     untrained = build_model(arch, HPARAMS.dropout, config, WINDOW).state_dict()  # the trainer's initial weights
     epochs = []
@@ -99,15 +100,16 @@ def test_early_stopping_keeps_the_best_epoch_after_patience_runs_out(bundled_h1,
     """Val AUC 0.60, 0.70, 0.65, 0.69, ...: with patience 2 the run stops after epoch 4, keeps epoch 2."""
     scripted = iter([0.60, 0.70, 0.65, 0.69, 0.99, 0.99])
     real_aucs = []
+    real_auc = tasks.training.trainer.auc
 
     def scripted_auc(labels, probs):
-        real_aucs.append(tasks.train.roc_auc_score(labels, probs))
+        real_aucs.append(real_auc(labels, probs))
         return next(scripted)
 
     arch = smoke_arch(16, 1, 1)
     config = short_config(max_epochs=10, patience=2, max_batches_per_epoch=2)
     with monkeypatch.context() as patch:
-        patch.setattr(tasks.train, "auc", scripted_auc)
+        patch.setattr(tasks.training.trainer, "auc", scripted_auc)
         result, state = train_model(bundled_h1, arch, HPARAMS, config, WINDOW)
     assert (result.epochs, result.best_epoch, result.val_auc) == (4, 2, 0.70)
     assert len(real_aucs) == 4
@@ -142,8 +144,8 @@ class NanAfter(nn.Module):
 
 
 def test_a_nan_loss_in_a_later_epoch_names_that_epoch(bundled_h1, monkeypatch):
-    build = tasks.train.build_model
-    monkeypatch.setattr(tasks.train, "build_model", lambda *args: NanAfter(build(*args), steps=3))
+    build = tasks.training.trainer.build_model
+    monkeypatch.setattr(tasks.training.trainer, "build_model", lambda *args: NanAfter(build(*args), steps=3))
     config = short_config(max_epochs=3, max_batches_per_epoch=3)
     with pytest.raises(TrialDiverged, match=r"loss is nan at epoch 2, step 3"):
         train_model(bundled_h1, smoke_arch(16, 1, 1), HPARAMS, config, WINDOW)
@@ -186,3 +188,31 @@ def test_a_smoke_model_trains_on_cuda(bundled_h1):
     assert result.device == torch.cuda.get_device_name(0)
     assert 0 <= result.val_auc <= 1 and result.peak_memory_mb > 0
     assert all(t.device.type == "cpu" for t in state.values()), "best weights come back on the CPU"
+
+
+def test_auc_matches_scikit_learn_with_ties_and_by_hand():
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.training.trainer import auc
+
+    # by hand: positives 0.8, 0.4; negatives 0.4, 0.1 -> pairs (0.8>0.4, 0.8>0.1, 0.4=0.4 -> 1/2, 0.4>0.1) = 3.5/4
+    assert auc(np.array([1, 1, 0, 0]), np.array([0.8, 0.4, 0.4, 0.1])) == 0.875
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 2000)
+    scores = np.round(rng.normal(size=2000) + labels * 0.5, 1)  # rounded: many ties
+    assert auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    with pytest.raises(ValueError, match="both classes"):
+        auc(np.zeros(3), np.array([0.1, 0.2, 0.3]))
+
+
+def test_a_trial_process_imports_neither_pandas_nor_scikit_learn():
+    """Every trial process pays its imports (~1.5 s for scikit-learn, ~0.7 s for pandas)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tasks.study.trial_worker, tasks.training.trainer, tasks.data.prepared; "
+        "print(sorted(m for m in ('pandas', 'sklearn', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "[]"
