@@ -101,7 +101,7 @@ def test_smoke_campaign_runs_stages_in_order_and_resumes_without_retraining(smok
 
     # supplemental: the valid stand-ins ran with the main study's best hyperparameters; S3 refused
     supplemental = {r["id"]: r for r in result["supplemental 20M-h5-L160-180"]}
-    assert supplemental["S3"]["state"] == "refused" and "outside the smoke band" in supplemental["S3"]["detail"]
+    assert supplemental["S3"]["state"] == "refused" and "outside the smoke-20M band" in supplemental["S3"]["detail"]
     assert {supplemental[s]["state"] for s in ("S1", "S2", "S4", "S5")} == {"complete"}
     experiment = client.get_experiment_by_name("smoke-20M_h5")
     trials = client.search_runs([experiment.experiment_id], f"tags.{T.TAG_SOURCE} = 'hpo' and tags.{T.TAG_RUN_KIND} = 'trial'")
