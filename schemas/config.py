@@ -262,7 +262,7 @@ class HpoConfig(_Config):
         short trials that still learn, and at most 8 trials per study (the 6 extremes and 2
         sampled), so a whole campaign runs in minutes on a 2-core CPU.
 
-        A trial sees up to 5 epochs of 20 batches of 64 windows of 20 days, with early stopping
+        A trial sees up to 8 epochs of 20 batches of 64 windows of 20 days, with early stopping
         after 2 epochs without a better val AUC. 20-day windows make a trial ~5x cheaper than 60
         and learn as well with the last-day readout (bench/RESULTS.md "Smoke trial settings").
         Learning rates move up to where ~100 AdamW steps learn (the central 1e-3 is what the six
@@ -286,5 +286,5 @@ class HpoConfig(_Config):
         )
 
 
-SMOKE_MAX_EPOCHS, SMOKE_PATIENCE, SMOKE_BATCH_SIZE, SMOKE_BATCHES, SMOKE_WINDOW = 5, 2, 64, 20, 20
+SMOKE_MAX_EPOCHS, SMOKE_PATIENCE, SMOKE_BATCH_SIZE, SMOKE_BATCHES, SMOKE_WINDOW = 8, 2, 64, 20, 20
 SMOKE_LEARNING_RATES: tuple[float, ...] = (3e-4, 1e-3, 2e-3, 4e-3)
