@@ -8,3 +8,5 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "hpo")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# plain functions (hpo retrain outside its flow, tests) log to the "hpo" logger too: no API warning
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")

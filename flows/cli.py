@@ -328,6 +328,40 @@ def _print_supplemental(results: list[dict]) -> None:
 
 
 @app.command()
+def retrain(
+    study: Annotated[str, typer.Argument(help="the study, e.g. 2M_h5 (as the report names it)")],
+    trials: Annotated[list[str], typer.Argument(help="trial numbers or supplemental ids, e.g. 17 or S2")],
+    max_epochs: Annotated[int | None, typer.Option(help="epochs (default: the configured 50, early stopping)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
+    root: Root = None,
+    tracking_uri: TrackingUri = None,
+    data: DataSource = None,
+    config_file: ConfigFile = None,
+) -> None:
+    """Re-train recorded configurations (legacy or supplemental trials) and log their val and test
+    scores, so the report's test verdict can use them; the `retrain` flow."""
+    from flows.retrain import retrain_flow
+    from tasks.study.retrain import RetrainRefused
+
+    base = build_config(root, data, None, tracking_uri, config_file)
+    train_update = {k: v for k, v in {"device": device, "max_epochs": max_epochs}.items() if v is not None}
+    config = base.model_copy(update={"train": base.train.model_copy(update=train_update)})
+    _configure_logging()
+    try:
+        results = retrain_flow(trials=[f"{study} {t}" for t in trials], config=config)
+    except RetrainRefused as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    table = Table(title="re-trained configurations")
+    for column in ("study", "trial", "state", "val_auc", "test_auc", "detail"):
+        table.add_column(column)
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in results:
+        table.add_row(r["study"], r["trial"], r["state"], fmt(r["val_auc"]), fmt(r["test_auc"]), r["detail"])
+    console.print(table)
+
+
+@app.command()
 def demo(root: Root = None, report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports")) -> None:
     """The whole campaign on the embedded defaults with the smoke switch, then the report (minutes on a CPU)."""
     # smoke trials are short and mostly process start-up: run a few side by side on a laptop's cores

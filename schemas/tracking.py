@@ -61,8 +61,8 @@ EXPERIMENT_KIND = "custom_model_development"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 
 # Tags.
-TAG_RUN_KIND = "run_kind"  # study | trial | baseline | report
-TAG_SOURCE = "source"  # hpo | supplemental | legacy | baseline
+TAG_RUN_KIND = "run_kind"  # study | trial | baseline | retrain | report
+TAG_SOURCE = "source"  # hpo | supplemental | legacy | baseline | retrain
 TAG_STUDY = "study"  # the study name, e.g. 20M_h1_v2
 TAG_STUDY_VERSION = "study_version"
 TAG_BUDGET = "budget"
@@ -84,6 +84,9 @@ TAG_LEGACY_FINGERPRINT = "legacy_fingerprint"  # content hash: a run without it 
 TAG_LEGACY_ATTEMPT = "legacy_attempt"
 TAG_HPARAMS_FROM_RUN = "hparams_from_run"  # supplemental: the main-study run its lr/dropout/wd came from
 TAG_OPTUNA_TRIAL_ID = "optuna_trial_id"
+# retrain: the trial run whose configuration this run re-trained to score it on test (the report
+# reads its test scores for that trial when the trial has none of its own)
+TAG_RETRAIN_OF = "retrain_of"
 TAG_SMOKE_OF = "smoke_of"  # on a smoke study's run: the budget it stands in for
 # On the study run.
 TAG_STUDY_STATE = "study_state"  # running | stopped | complete

@@ -112,7 +112,7 @@ def test_collapse_rule_boundaries():
             run(n=2, pred_range=0.3, recall=0.0), run(n=3, pred_range=0.3, recall=1.0),
             run(n=4, pred_range=None, recall=None)]  # fmt: skip
     flags = collapse_flags(frame(rows))
-    assert flags["collapsed"].tolist() == [True, False, True, True, None]
+    assert flags["collapsed"].tolist() == [True, False, False, False, None]  # one class alone is not a collapse
     assert flags["narrow"].tolist() == [True, False, False, False, None]
     assert flags["one_class"].tolist() == [False, False, True, True, None]
 

@@ -218,9 +218,9 @@ def test_study_numbers_are_those_logged(analysis, campaign):
         for (r, c), n in expected.items():
             assert cov.counts.loc[r, c] == n
 
-    # collapse: trials 7, 8 (narrow range) and 9 (recall 0)
-    assert (study.collapse.collapsed, study.collapse.narrow, study.collapse.one_class) == (3, 2, 1)
-    assert sorted(study.collapse.trials["trial_number"]) == [7, 8, 9]
+    # collapse: trials 7, 8 (narrow range); trial 9 (recall 0) is one class, not collapsed
+    assert (study.collapse.collapsed, study.collapse.narrow, study.collapse.one_class) == (2, 2, 1)
+    assert sorted(study.collapse.trials["trial_number"]) == [7, 8]
     # extremes: the grid rule's picks, in trials 0-5
     assert list(study.extremes["trial"]) == [0, 1, 2, 3, 4, 5] and study.extremes["as_planned"].all()
     assert list(study.baselines["baseline_model"]) == ["logreg", "hgb", "base_rate"]
@@ -324,7 +324,7 @@ def test_legacy_and_unfinished_studies_are_undetermined_with_the_command(analysi
     assert h5.verdict == "undetermined" and "no test scores for 2M, 20M" in h5.reason
     assert h5.fit is None and [p.verdict for p in h5.pairs] == ["undetermined"]
     assert any(line.startswith("20M: the selected configuration (20M_h5 #5) was recovered from legacy logs")
-               and "`hpo run 20M h5 --fresh`" in line for line in h5.missing)  # fmt: skip
+               and "`hpo retrain 20M_h5 5`" in line and "`hpo run 20M h5 --fresh`" in line for line in h5.missing)  # fmt: skip
     assert any(line.startswith("2M: study 2M_h5 has not logged") and "`hpo run 2M h5 --version 1`" in line for line in h5.missing)
 
 
@@ -335,7 +335,7 @@ def test_markdown_shows_the_numbers(analysis, written):
     assert "Budgets without trial runs: 200M, 2B." in text
     assert "**Scaling law on test: HOLDS** at h1" in text
     assert "**Scaling law on test: UNDETERMINED** at h5: no test scores for 2M, 20M" in text
-    assert "Fill: `hpo run 20M h5 --fresh`" in text
+    assert "Fill: `hpo retrain 20M_h5 5`: re-trains that configuration" in text and "or `hpo run 20M h5 --fresh`" in text
     assert "| 2M | 20M | n/a | n/a | n/a | n/a | undetermined: no test scores for 2M and 20M |" in text
     assert "slope +" in text and "per tenfold parameters, 95% band" in text
     assert "| 20M | 7/7 | 0.6700 |" in text  # the recovered best AUCs stay in the (selection-biased) table
@@ -344,7 +344,7 @@ def test_markdown_shows_the_numbers(analysis, written):
     assert "| **FAIL** | Every study ran its extremes in its first 6 trials | 4 of 5 studies; failing: 20M_h1 |" in text
     assert "| 0.7230 |" in text  # 2M's best at h1
     assert "![val AUC against parameter count](figures/auc_vs_params.png)" in text
-    assert "Rule: pred_range < 0.05 or recall 0 or 1. Checked 50 complete trials: 3 collapsed" in text
+    assert "Rule: pred_range < 0.05 (one class, recall 0 or 1 at 0.5, is counted but is not a collapse). Checked 50 complete trials: 2 collapsed, 1 one class" in text
     html = files.html.read_text()
     assert html.count("<table>") == text.count("\n| --- |") + text.count("\n|---")  # every table rendered
     assert 'id="verification-checklist"' in html and 'href="#verification-checklist"' in html

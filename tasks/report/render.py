@@ -490,6 +490,8 @@ def test_selected_rows(h: HorizonAnalysis) -> list[list[object]]:
     rows = []
     for s in h.test.selected + ([h.test.baseline] if h.test.baseline else []):
         scores = "missing" if s.predictions is None else f"{len(s.predictions.scores)} windows ({s.predictions.windows_sha256[:8]})"
+        if s.predictions is not None and s.run.get("scores_note"):
+            scores += f"; {s.run['scores_note']}"
         rows.append([s.budget if s.run["run_kind"] != "baseline" else f"baseline: {s.budget}",
                      _trial_ref(s.run) if s.run["run_kind"] == "trial" else s.run["study"], _params(s.params),
                      _auc(s.run["val_auc"]), _auc(s.test_auc), scores])  # fmt: skip

@@ -94,15 +94,19 @@ def _command_budget(run: pd.Series) -> tuple[str, int, str]:
 def missing_reason(run: pd.Series) -> tuple[str, str]:
     """(why the selected run has no test scores, the command that logs them and what it does)."""
     budget, horizon, smoke = _command_budget(run)
-    ref = f"{run['study']} #{'?' if math.isnan(run['trial_number']) else int(run['trial_number'])}"
+    trial = "?" if math.isnan(run["trial_number"]) else int(run["trial_number"])
+    trial = run["supplemental_id"] if run["source"] == "supplemental" and run.get("supplemental_id") else trial
+    ref = f"{run['study']} #{trial}"
     fresh = (f"`hpo run {budget} h{horizon} --fresh{smoke}`: a new version of the study on the same data, whose "
              "selected trial is evaluated on test with its scores logged")  # fmt: skip
     if run["run_kind"] == "baseline":
         return f"the best baseline ({run['baseline_model']}) has no test scores logged", f"`hpo baselines --horizon h{horizon}`"
+    retrain = (f"`hpo retrain {run['study']} {trial}`: re-trains that configuration on the same data and logs its "
+               f"validation and test scores; or {fresh}")  # fmt: skip
     if run["source"] == "legacy":
-        return f"the selected configuration ({ref}) was recovered from legacy logs, which hold no scores", fresh
+        return f"the selected configuration ({ref}) was recovered from legacy logs, which hold no scores", retrain
     if run["source"] == "supplemental":
-        return f"the selected configuration ({ref}) is a supplemental trial, which no study evaluates on test", fresh
+        return f"the selected configuration ({ref}) is a supplemental trial, which no study evaluates on test", retrain
     version = "" if math.isnan(run["study_version"]) else f" --version {int(run['study_version'])}"
     return (f"study {run['study']} has not logged its selected trial's test scores (unfinished, or its test evaluation "
             f"failed)", f"`hpo run {budget} h{horizon}{version}{smoke}`: finishes the study and evaluates its selected "
@@ -126,13 +130,19 @@ def needed_predictions(horizons: list) -> list[str]:
     for h in horizons:
         chosen, base = select(h.bests)
         for run in chosen + ([base] if base is not None else []):
-            if isinstance(run.get(tag), str) and run[tag] and run["run_id"] not in needed:
-                needed.append(run["run_id"])
+            if isinstance(run.get(tag), str) and run[tag] and scores_run_id(run) not in needed:
+                needed.append(scores_run_id(run))
     return needed
 
 
+def scores_run_id(run: pd.Series) -> str:
+    """The run whose test scores stand for `run`: a re-training's (`hpo retrain`) or its own."""
+    found = run.get("scores_run_id")
+    return found if isinstance(found, str) and found else run["run_id"]
+
+
 def _selected(run: pd.Series, budget: str, predictions: dict[str, Predictions | str]) -> Selected:
-    found = predictions.get(run["run_id"])
+    found = predictions.get(scores_run_id(run))
     params = float(run["params"]) if "params" in run and not math.isnan(run["params"]) else math.nan
     if isinstance(found, Predictions):
         return Selected(budget, run, params, found)

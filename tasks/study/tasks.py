@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import HpoConfig, StudySpec
-from tasks.study import driver, supplemental
+from tasks.study import driver, retrain, supplemental
 from tasks.study.progress import current_progress
 
 
@@ -46,3 +46,9 @@ def run_supplemental_plan(plan_name: str, config: HpoConfig, smoke: bool) -> lis
     plan = supplemental.plan_for(plan_name, smoke)
     smoke_of = supplemental.PLANS[plan_name].budget if smoke else None
     return [asdict(r) for r in supplemental.run_plan(plan, config, smoke_of)]
+
+
+@task(name="retrain", cache_policy=NO_CACHE)
+def retrain_trial(study: str, trial: str, config: HpoConfig) -> dict:
+    """Re-train one recorded configuration and log its val and test scores (`hpo retrain`)."""
+    return asdict(retrain.retrain(config, study, trial))

@@ -1,0 +1,24 @@
+"""The `retrain` flow: score recorded configurations on test by training them again."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from schemas.config import HpoConfig
+from tasks.study.tasks import retrain_trial
+
+
+@flow(name="retrain")
+def retrain_flow(trials: list[str], config: HpoConfig = HpoConfig()) -> list[dict]:
+    """Re-train each `STUDY #TRIAL` (given as "STUDY TRIAL", e.g. "2M_h5 17"), one after another;
+    one with test scores from an earlier re-training is skipped."""
+    results = []
+    for entry in trials:
+        study, _, trial = entry.partition(" ")
+        results.append(retrain_trial.with_options(task_run_name=f"{study} #{trial}")(study, trial.strip(), config))
+    create_table_artifact(key="retrain", table=results, description="re-trained configurations")
+    failed = [r for r in results if r["state"] == "failed"]
+    if failed:
+        raise RuntimeError("re-training failed: " + "; ".join(f"{r['study']} #{r['trial']}: {r['detail']}" for r in failed))
+    return results
