@@ -283,6 +283,16 @@ def test_checklist_failures_name_the_evidence():
     assert checks[4].evidence == "0 of 2 studies; failing: 2M_h1, 20M_h1"
 
 
+def test_a_smoke_only_store_marks_the_real_budget_items_not_applicable():
+    rows = _extremes("smoke-20M_h5", "smoke-20M")
+    checks = verification_checklist(frame(rows))
+    assert [c.status for c in checks] == ["pass", "n/a", "n/a", "n/a", "pass", "n/a"]
+    assert checks[1].evidence == "smoke stand-ins only: this item checks the real budgets' studies"
+    # one real-budget trial and the items apply again
+    checks = verification_checklist(frame(rows + [run(study="2M_h1", n=0, n_layers=64)]))
+    assert [c.status for c in checks][1:4] == ["pass", "fail", "fail"]
+
+
 def test_empty_store_renders():
     analysis = analyse_campaign(pd.DataFrame())
     assert analysis.studies == [] and analysis.horizons == []
