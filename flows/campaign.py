@@ -10,18 +10,35 @@
 Versions are explicit (`20M_h1_v2`), so running the campaign again resumes the same studies and
 skips the complete ones instead of starting new ones. A stage starts only when the one before it
 completed; a failed stage stops the campaign with the stage named in the error.
+
+How a stage's studies run (`dispatch`):
+- `work-pool`: each study is its own flow run of the `study/one` deployment, taken by whichever
+  worker of the pool is free (one worker per GPU, `--limit 1`: one study per GPU), on any machine;
+  the campaign waits for them and reads their outcome from the stores.
+- `threads`: the studies run inside the campaign's own flow run, one thread per visible GPU (the
+  embedded default: one machine, no server).
+- `auto` (default): `work-pool` when the campaign itself runs from a deployment (so a server and
+  workers exist) and `study/one` is deployed; `threads` otherwise.
 """
 
 from __future__ import annotations
 
 import contextvars
+import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow
 
 from flows.hpo import study_flow
 from schemas.config import HpoConfig, StudySpec
+from tasks.study.tasks import read_study_summary
+
+log = logging.getLogger("hpo")
+STUDY_DEPLOYMENT = "study/one"  # prefect.yaml: one study, handed to the work pool by the campaign
+Dispatch = Literal["auto", "work-pool", "threads"]
 
 
 def campaign_stages(rerun_20m_h5: bool = False) -> list[tuple[str, list[str]]]:
@@ -57,10 +74,12 @@ def run_lane(specs: list[StudySpec], config: HpoConfig, device: str) -> list[dic
     return [study_flow.with_options(flow_run_name=spec.base_name)(spec, on_device) for spec in specs]
 
 
-def run_stage(label: str, names: list[str], config: HpoConfig, smoke: bool) -> list[dict]:
+def run_stage(label: str, names: list[str], config: HpoConfig, smoke: bool, dispatch: Dispatch = "threads") -> list[dict]:
     specs = [StudySpec.parse(name) for name in names]
     if smoke:
         specs = [spec.as_smoke() for spec in specs]
+    if dispatch == "work-pool":
+        return run_stage_on_work_pool(specs, config)
     devices = available_devices(config)
     if len(devices) == 1:
         return [study_flow.with_options(flow_run_name=spec.base_name)(spec, config) for spec in specs]
@@ -75,6 +94,59 @@ def run_stage(label: str, names: list[str], config: HpoConfig, smoke: bool) -> l
         return [summary for future in futures for summary in future.result()]
 
 
+def run_stage_on_work_pool(specs: list[StudySpec], config: HpoConfig, poll_s: float = 5.0) -> list[dict]:
+    """Each study as a flow run of `study/one` on the work pool (a child of this flow run), all
+    submitted at once; wait until every one has ended, then read each study's outcome from the
+    stores (a worker's return value stays on its machine). A flow run that did not complete
+    stops the stage, named with its state."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runtime import flow_run
+
+    names = [spec.name(spec.version or 1) for spec in specs]
+    submitted = [
+        run_deployment(
+            STUDY_DEPLOYMENT,
+            parameters={"spec": spec.model_dump(mode="json"), "config": config.model_dump(mode="json")},
+            flow_run_name=name,
+            timeout=0,  # submit only; waited for below, all together
+            # a retried campaign run finds its studies' flow runs instead of starting them twice
+            idempotency_key=f"{flow_run.get_id()}:{name}",
+        )
+        for spec, name in zip(specs, names)
+    ]
+    log.info("%s handed to the work pool: %s", ", ".join(names), ", ".join(str(run.id) for run in submitted))
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(run.id) for run in submitted]
+            if all(run.state is not None and run.state.is_final() for run in runs):
+                break
+            time.sleep(poll_s)
+    failed = [f"{run.name} ({run.state.name}: {run.state.message or 'no message'})" for run in runs if not run.state.is_completed()]
+    if failed:
+        raise RuntimeError(f"study flow runs did not complete: {'; '.join(failed)}; see their logs in the Prefect UI")
+    return [read_study_summary(name, config) for name in names]
+
+
+def resolve_dispatch(dispatch: Dispatch) -> Literal["work-pool", "threads"]:
+    """`auto`: the work pool when this campaign runs from a deployment and `study/one` exists."""
+    if dispatch != "auto":
+        return dispatch
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.runtime import deployment
+
+    if not deployment.id:
+        return "threads"
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(STUDY_DEPLOYMENT)
+    except ObjectNotFound:
+        log.warning("deployment %s not found: studies run in this flow run's threads; run `prefect deploy --all`", STUDY_DEPLOYMENT)
+        return "threads"
+    return "work-pool"
+
+
 @flow(name="campaign")
 def campaign_flow(
     config: HpoConfig = HpoConfig(),
@@ -83,16 +155,18 @@ def campaign_flow(
     supplemental: list[str] = [],  # noqa: B006 - Prefect parameters must be JSON defaults
     report: bool = True,
     report_dir: Path = Path("reports"),
+    dispatch: Dispatch = "auto",
 ) -> dict:
     """Run the campaign's stages in order; rerun it to resume."""
     from flows.supplemental import supplemental_flow
 
     if smoke:
         config = config.smoke()
+    mode = resolve_dispatch(dispatch)
     summaries: dict[str, list[dict]] = {}
     for label, names in campaign_stages(rerun_20m_h5):
         try:
-            summaries[label] = run_stage(label, names, config, smoke)
+            summaries[label] = run_stage(label, names, config, smoke, mode)
         except Exception as exc:
             raise RuntimeError(f"campaign stopped in stage '{label}': {exc}; fix the cause and run the campaign again to resume") from exc
         unfinished = [s["study"] for s in summaries[label] if s.get("state") != "complete"]

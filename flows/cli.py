@@ -204,6 +204,23 @@ def run(
     with live_progress(config.train.max_epochs, console):
         summaries = hpo_flow(studies=names, config=config)
     _print_summaries(summaries)
+    _print_mlflow_links(config, names)
+
+
+def _print_mlflow_links(config: HpoConfig, studies: list[str]) -> None:
+    """Each study's experiment in the MLflow UI's model-training view: the tracking server's own
+    UI, or `mlflow ui` on the embedded store at the README's address."""
+    from tasks.tracking.runs import experiment_url, mlflow_client, serves_artifacts
+
+    client = mlflow_client(config.stores)
+    server = serves_artifacts(client)
+    ui = client.tracking_uri if server else "http://127.0.0.1:5000"
+    if not server:
+        console.print(f"MLflow UI: mlflow ui --backend-store-uri {client.tracking_uri} --host 127.0.0.1 --port 5000", soft_wrap=True)
+    for name in studies:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            console.print(f"  {name}: {experiment_url(ui, experiment.experiment_id)}", soft_wrap=True, highlight=False)
 
 
 def _print_summaries(summaries: list[dict]) -> None:

@@ -55,9 +55,13 @@ FINAL_METRICS: tuple[str, ...] = (
 # On the study (parent) run when the study completes.
 STUDY_METRICS: tuple[str, ...] = ("best_val_auc", "best_test_auc", "n_complete", "n_failed")
 
-# Experiments: MLflow 3's UI opens an experiment in its GenAI view unless it carries this tag.
+# Experiments are tagged as model-training experiments (what `mlflow.experimentKind` means to
+# MLflow's own code). MLflow 3.17's UI does not read the tag, though: it opens an experiment in the
+# view of its workflow switch (GenAI, the default, or model training), taken from the URL's
+# `workflowType` parameter or else from the browser's last choice. Links we print carry it.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+UI_WORKFLOW = "workflowType=machine_learning"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 
 # Tags.
@@ -74,6 +78,7 @@ TAG_FAILURE_REASON = "failure_reason"
 TAG_FAILURE_KIND = "failure_kind"  # diverged | oom | crashed | hung | worker_lost | error
 TAG_DEVICE = "device"
 TAG_CODE_VERSION = "code_version"
+TAG_WORKER = "worker"  # host:pid of the process that made the run (a trial run: the worker that trained it)
 TAG_RETRY_OF = "retry_of"  # trial number this attempt re-runs after its worker died
 TAG_N_HEADS_SOURCE = "n_heads_source"  # logged | recovered | unrecoverable (legacy runs)
 TAG_LEGACY_KEY = "legacy_key"  # idempotency key of an imported legacy trial
@@ -89,9 +94,19 @@ TAG_OPTUNA_TRIAL_ID = "optuna_trial_id"
 TAG_RETRAIN_OF = "retrain_of"
 TAG_SMOKE_OF = "smoke_of"  # on a smoke study's run: the budget it stands in for
 # On the study run.
-TAG_STUDY_STATE = "study_state"  # running | stopped | complete
+TAG_STUDY_STATE = "study_state"  # running | stopped | complete | evaluation_failed
 TAG_BEST_TRIAL = "best_trial"
 TAG_BEST_RUN_ID = "best_run_id"
+TAG_EVALUATED_ON = "evaluated_on"  # the worker (host:pid) that evaluated the best trial on test
+# On a trial run: where its weights are. `stored` while it is the study's best so far (the
+# artifact `checkpoint/trial_N.pt`), `pruned` once a better trial replaced it.
+TAG_CHECKPOINT = "checkpoint"
+CHECKPOINT_DIR = "checkpoint"
+# The best model of a study is registered as a version of the registered model named like the
+# study, with these tags (and the grid entry's architecture params).
+MODEL_VERSION_TAGS: tuple[str, ...] = ("val_auc", "test_auc", "best_trial", "trial_run_id", "budget", "horizon",
+                                       "grid_version", "arch_idx", "d_model", "n_layers", "n_heads", "d_ff", "params")
+BEST_MODEL_NAME = "best_model"  # the logged model's name on the study run
 
 TrialState = Literal["complete", "failed", "incomplete"]
 

@@ -143,3 +143,20 @@ def no_fsync():
         event.remove(Engine, "connect", pragma)
 
 
+
+
+def postgres_database(name: str) -> str | None:
+    """A fresh, empty database `name` on the PostgreSQL at 127.0.0.1:5432 (dropped first if it
+    exists), as a SQLAlchemy URL; None when that server is not reachable."""
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
+    except Exception:  # noqa: BLE001 - any failure to connect means "not here"
+        return None
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("flows", "tasks", "models", "schemas", "deployments")
+PACKAGES = ("flows", "tasks", "models", "schemas")
 TEST_DIRS = ("bench", "tests")
 # Our own top-level names: the packages, plus the script modules of bench/ and tests/ that import
 # each other by file name.

@@ -1,6 +1,8 @@
-"""The deployments end to end, as a user runs them: a real `prefect server start`, the declared
-deployments registered with `python -m deployments.deploy`, a process worker, and
-`prefect deployment run hpo/20M-rerun` with the smoke switch, watched to completion.
+"""The deployments end to end, as a user runs them: a real `prefect server start`, in a clean copy
+of the checkout (what a fresh clone holds) `prefect work-pool create hpo --type process` and
+`prefect deploy --all` (prefect.yaml), a process worker started elsewhere, and
+`prefect deployment run hpo/20M-rerun` with the smoke switch, watched to completion; then a
+campaign stage handing its studies to that worker as flow runs of `study/one`.
 
 Every process started here gets its own session and is killed with its whole process group (and
 every descendant that left the group, such as the flow run the worker starts) at teardown, so no
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,11 +33,12 @@ from schemas import tracking as T
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the virtualenv's `prefect` and `python`
-POOL = "testpool"
+POOL = "hpo"  # prefect.yaml's pool
 N_TRIALS = 2
 
-# The issue's list: every deployment a user can start.
+# The issue's list: every deployment a user can start, and the one the campaign hands studies to.
 DECLARED = {
+    "study/one",
     "hpo/20M-h5",
     "hpo/200M",
     "hpo/2B",
@@ -61,11 +65,11 @@ class PrefectStack:
     deploy_output: str
     processes: list[subprocess.Popen] = field(default_factory=list)
 
-    def cli(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float, cwd: Path = REPO) -> subprocess.CompletedProcess:
         """Run a command of the virtualenv (`prefect ...`, `python ...`) the way a user would."""
         return subprocess.run(
             [str(BIN / args[0]), *args[1:]],
-            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, start_new_session=True,
+            cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout, start_new_session=True,
         )
 
     def start(self, name: str, *args: str, cwd: Path) -> subprocess.Popen:
@@ -89,10 +93,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _environment(home: Path, api_url: str) -> dict[str, str]:
-    """The caller's environment without its Prefect settings, pointed at this server."""
+def _environment(home: Path, api_url: str, checkout: Path) -> dict[str, str]:
+    """The caller's environment without its Prefect settings, pointed at this server, importing
+    our packages from `checkout` (an editable install may point at another one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
+        PYTHONPATH=str(checkout),
         PREFECT_HOME=str(home),
         PREFECT_API_URL=api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -173,21 +179,37 @@ def _stop(processes: list[subprocess.Popen], grace: float = 20) -> list[int]:
     return [pid for pid in pids if _alive(pid)]
 
 
+def clean_copy(destination: Path) -> Path:
+    """The checkout's files as a fresh clone of it holds them (tracked, and new files git does not
+    ignore): no stores, caches, reports or virtualenv."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():  # a tracked file deleted in the working tree is not copied
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
 @pytest.fixture(scope="module")
 def prefect_stack(tmp_path_factory: pytest.TempPathFactory):
-    """`prefect server start`, `python -m deployments.deploy --pool testpool` (all deployments),
-    `prefect worker start --pool testpool --type process`."""
+    """`prefect server start`; in a clean copy `prefect work-pool create hpo --type process` and
+    `prefect deploy --all`; `prefect worker start --pool hpo --type process` from elsewhere."""
     root = tmp_path_factory.mktemp("deployments")
     (logs := root / "logs").mkdir()
+    checkout = clean_copy(root / "checkout")
     port = str(_free_port())
     api_url = f"http://127.0.0.1:{port}/api"
-    stack = PrefectStack(api_url, _environment(root / "prefect-home", api_url), root, logs, deploy_output="")
+    stack = PrefectStack(api_url, _environment(root / "prefect-home", api_url, checkout), root, logs, deploy_output="")
     try:
         server = stack.start("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", port, cwd=root)
         _wait_healthy(stack, server)
 
-        deploy = stack.cli("python", "-m", "deployments.deploy", "--pool", POOL, timeout=600)
-        assert deploy.returncode == 0, f"deploy failed:\n{deploy.stdout}\n{deploy.stderr[-4000:]}"
+        pool = stack.cli("prefect", "work-pool", "create", POOL, "--type", "process", cwd=checkout, timeout=300)
+        assert pool.returncode == 0, f"work pool not created:\n{pool.stdout}\n{pool.stderr[-4000:]}"
+        deploy = stack.cli("prefect", "--no-prompt", "deploy", "--all", cwd=checkout, timeout=600)
+        assert deploy.returncode == 0, f"prefect deploy --all failed:\n{deploy.stdout[-4000:]}\n{deploy.stderr[-4000:]}"
         stack.deploy_output = deploy.stdout
 
         # The worker runs from elsewhere: the deployments must not depend on the worker's directory.
@@ -206,11 +228,8 @@ def _client(stack: PrefectStack):
     return SyncPrefectClient(stack.api_url)
 
 
-def test_deploy_registers_every_declared_deployment_on_the_process_pool(prefect_stack: PrefectStack):
+def test_deploy_all_registers_every_declared_deployment_on_the_process_pool(prefect_stack: PrefectStack):
     from prefect.client.schemas.sorting import DeploymentSort
-
-    printed = set(re.findall(r"^deployed (\S+)$", prefect_stack.deploy_output, re.MULTILINE))
-    assert printed == DECLARED
 
     with _client(prefect_stack) as client:
         pool = client.read_work_pool(POOL)
@@ -221,6 +240,9 @@ def test_deploy_registers_every_declared_deployment_on_the_process_pool(prefect_
     assert set(by_name) == DECLARED
     assert {d.work_pool_name for d in deployments} == {POOL}
     assert by_name["hpo/20M-rerun"].parameters == {"studies": ["20M_h1_v2", "20M_h3_v2"]}
+    # no pull step in prefect.yaml: the worker runs the flows from the folder deployed from
+    checkout = str(prefect_stack.root / "checkout")
+    assert by_name["hpo/20M-rerun"].pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": checkout}}]
     assert "smoke" in by_name["hpo/20M-rerun"].parameter_openapi_schema["properties"]
 
 
@@ -270,3 +292,46 @@ def test_20M_rerun_with_the_smoke_switch_completes_with_its_trials_in_mlflow(pre
         optuna_trials = optuna.load_study(study_name=study, storage=f"sqlite:///{stores / 'optuna.db'}").get_trials()
         complete = [t for t in optuna_trials if t.state == TrialState.COMPLETE]
         assert sorted(t.user_attrs["mlflow_run_id"] for t in complete) == sorted(r.info.run_id for r in trials)
+
+
+def test_a_campaign_stage_hands_each_study_to_the_work_pool_and_waits_for_them(prefect_stack: PrefectStack, tmp_path):
+    """`run_stage(..., dispatch="work-pool")`, as the deployed campaign runs it: each study is a
+    flow run of `study/one` (a child of the stage's flow run) that the worker runs in its own
+    process; the stage returns once both ended, with their outcome read from the stores."""
+    from prefect import flow
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.campaign import run_stage
+    from schemas.config import DataConfig, HpoConfig, StoreConfig, StudyConfig, TrainConfig
+
+    config = HpoConfig(
+        data=DataConfig(window=20),
+        train=TrainConfig(max_epochs=1, max_batches_per_epoch=4, batch_size=64, max_warmup_steps=2, device="cpu"),
+        study=StudyConfig(n_trials=1, heartbeat_interval_s=2, heartbeat_grace_s=10, baselines=False),
+        stores=StoreConfig(root=tmp_path / "mlruns"),
+    )
+
+    @flow(name="stage-under-test")
+    def stage() -> tuple[str, list[dict]]:
+        return flow_run.get_id(), run_stage("test", ["smoke_h1", "smoke_h3"], config, smoke=False, dispatch="work-pool")
+
+    started = time.monotonic()
+    with temporary_settings({PREFECT_API_URL: prefect_stack.api_url}):
+        parent_id, summaries = stage()
+    print(f"a stage of two smoke studies on the work pool took {time.monotonic() - started:.0f} s")
+
+    assert [(s["study"], s["state"], s["complete"]) for s in summaries] == [("smoke_h1", "complete", 1), ("smoke_h3", "complete", 1)]
+    assert all(0.0 <= s["best_test_auc"] <= 1.0 for s in summaries)
+    with _client(prefect_stack) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+        study_deployment = client.read_deployment_by_name("study/one")
+    assert sorted(run.name for run in children) == ["smoke_h1", "smoke_h3"]
+    assert {run.deployment_id for run in children} == {study_deployment.id}
+    assert {run.state.type.value for run in children} == {"COMPLETED"}
+    # trained by the worker's flow-run processes, not by this one
+    mlflow = MlflowClient(config.stores.mlflow_uri)
+    for study in ("smoke_h1", "smoke_h3"):
+        (trial,) = mlflow.search_runs([mlflow.get_experiment_by_name(study).experiment_id], f"tags.{T.TAG_RUN_KIND} = 'trial'")
+        assert not trial.data.tags[T.TAG_WORKER].endswith(f":{os.getpid()}")

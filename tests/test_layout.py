@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("flows", "tasks", "models", "schemas", "deployments")
+PACKAGES = ("flows", "tasks", "models", "schemas")
 PURE = (
     "models",
     "schemas",

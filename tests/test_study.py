@@ -25,6 +25,7 @@ from schemas import tracking as T
 from schemas.config import HpoConfig, StoreConfig, StudyConfig, StudySpec
 from schemas.trial import FAULT_ENV
 from tasks.study.driver import open_study, optuna_storage, run_study
+from helpers import postgres_database
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -83,16 +84,41 @@ def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoCo
     history = client.get_metric_history(by_number[0].info.run_id, "val/auc")
     assert [m.step for m in history] == [1]
 
-    # The study run holds the best trial's test AUC and weights.
+    # The study run holds the best trial's test AUC; its model is a version of the registered
+    # model named after the study, tagged with its AUCs and grid entry.
     parent = client.get_run(by_number[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_test_auc"] == pytest.approx(summaries[0]["best_test_auc"])
-    assert client.list_artifacts(parent.info.run_id, "best_model")
+    (version,) = client.search_model_versions("name = 'smoke_h1'")
+    assert version.run_id == parent.info.run_id and summaries[0]["model_version"] == version.version
+    best = by_number[int(parent.data.tags[T.TAG_BEST_TRIAL])]
+    assert version.tags["best_trial"] == parent.data.tags[T.TAG_BEST_TRIAL]
+    assert float(version.tags["test_auc"]) == pytest.approx(summaries[0]["best_test_auc"])
+    assert {k: version.tags[k] for k in ("arch_idx", "n_heads", "d_model")} == {k: best.data.params[k] for k in ("arch_idx", "n_heads", "d_model")}
+    # only the best trial's weights are left in MLflow, and none on this worker
+    stored = client.search_runs([parent.info.experiment_id], f"tags.{T.TAG_CHECKPOINT} = 'stored'")
+    assert [r.info.run_id for r in stored] == [best.info.run_id]
+    assert not list((smoke_config.stores.root / "checkpoints").rglob("*.pt"))
 
     # The study's baselines sit beside its trials, never counted as trials.
     experiment = client.get_experiment_by_name("smoke_h1")
     baselines = client.search_runs([experiment.experiment_id], f"tags.{T.TAG_RUN_KIND} = 'baseline'")
     assert {r.data.tags[T.TAG_BASELINE_MODEL] for r in baselines} >= {"logreg", "base_rate"}
+
+    # Every trial and baseline run has the prepared dataset as its input; the experiment is a
+    # model-training experiment.
+    digests = {r.inputs.dataset_inputs[0].dataset.digest for r in [*runs, *baselines]}
+    assert digests == {baselines[0].data.params["dataset_fingerprint"]}
+    assert experiment.tags[T.TAG_EXPERIMENT_KIND] == T.EXPERIMENT_KIND
+
+    # The flow run's table artifact lists the trials as they ended.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    with get_client(sync_client=True) as prefect:
+        (table,) = prefect.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=["trials-smoke-h1"])))
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [(row["trial"], row["state"]) for row in rows] == [(n, "complete") for n in range(8)]
 
     # Running it again trains nothing: the study already has its trials.
     again = hpo_flow(studies=["smoke_h1"], config=smoke_config)
@@ -234,25 +260,10 @@ def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n_trials(smoke_config, t
     assert len(retries) == 1 and retries[0].params == dead.params
 
 
-def _postgres_database(name: str) -> str | None:
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
-    except Exception:  # noqa: BLE001
-        return None
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-
-
 @pytest.mark.postgres
 def test_two_workers_on_one_postgres_study(smoke_config, tmp_path):
     suffix = uuid.uuid4().hex[:8]
-    optuna_url, mlflow_url = _postgres_database(f"hpo_optuna_{suffix}"), _postgres_database(f"hpo_mlflow_{suffix}")
+    optuna_url, mlflow_url = postgres_database(f"hpo_optuna_{suffix}"), postgres_database(f"hpo_mlflow_{suffix}")
     if optuna_url is None:
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
     n_trials = 8

@@ -52,10 +52,20 @@ from schemas.config import HpoConfig, SearchSpace, StoreConfig, StudySpec
 from schemas import tracking as T
 from schemas.trial import TrialRequest
 from tasks.data.dataset import cached_dataset
+from tasks.study import checkpoints
 from tasks.study.progress import current_progress
+from tasks.tracking.datasets import log_dataset_input, prepared_dataset_entity
 from tasks.tracking.predictions import log_scores_file, scores_path
 from tasks.study.trial_process import TrialOutcome, run_trial_process
-from tasks.tracking.runs import end_run, ensure_study_run, get_or_create_experiment, log_batch, mlflow_client, start_run
+from tasks.tracking.runs import (
+    end_run,
+    ensure_study_run,
+    get_or_create_experiment,
+    log_batch,
+    mlflow_client,
+    start_run,
+    worker_name,
+)
 
 log = logging.getLogger("hpo")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -471,7 +481,7 @@ def run_trial(handle: StudyHandle, number: int, progress=None) -> dict:
         dropout=hp["dropout"],
         weight_decay=hp["weight_decay"],
         train=train_config,
-        checkpoint_path=handle.checkpoint_dir / f"trial_{number}.pt",
+        checkpoint_path=checkpoints.checkpoint_path(handle.checkpoint_dir, number),
         # trials in several slots share the CPU cores (data prep, CPU training) instead of fighting over them
         threads=max(1, (os.cpu_count() or 1) // handle.config.study.slots),
     )
@@ -512,6 +522,7 @@ def _start_trial_run(handle: StudyHandle, trial: optuna.Trial, arch: Architectur
                             train_config.batch_size, train_config.seed),
     )
     trial.set_user_attr(ATTR_MLFLOW_RUN, run_id)
+    log_dataset_input(handle.client, run_id, prepared_dataset_entity(handle.dataset_path, handle.config.data))
     return run_id
 
 
@@ -521,6 +532,9 @@ def record_outcome(handle: StudyHandle, trial: optuna.Trial, run_id: str, outcom
     if outcome.complete:
         result = outcome.result
         trial.set_user_attr("result", {k: result[k] for k in ("epochs", "best_epoch", "pred_range")})
+        # before the tell: whoever finds the study complete must find its best weights in MLflow
+        checkpoints.store_if_best(handle.client, run_id, checkpoints.checkpoint_path(handle.checkpoint_dir, trial.number),
+                                  result["val_auc"], checkpoints.best_value_so_far(handle.study))
         handle.study.tell(trial, result["val_auc"])
         end_trial_run(handle.client, run_id, outcome)
         log.info(
@@ -538,21 +552,22 @@ def record_outcome(handle: StudyHandle, trial: optuna.Trial, run_id: str, outcom
 
 
 def prune_checkpoints(handle: StudyHandle) -> None:
-    """Keep the best complete trial's weights only (a 2B checkpoint is gigabytes)."""
-    complete = handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return
-    best = max(complete, key=lambda t: t.value)
-    for trial in complete:
-        if trial.number != best.number:
-            (handle.checkpoint_dir / f"trial_{trial.number}.pt").unlink(missing_ok=True)
+    """Keep the best finished trial's weights only, on this worker and in MLflow (a 2B checkpoint
+    is gigabytes; see tasks.study.checkpoints)."""
+    checkpoints.prune(handle.client, handle.experiment_id, handle.checkpoint_dir, handle.study)
 
 
 # ---------------------------------------------------------------- finishing
 
 
+class EvaluationFailed(RuntimeError):
+    """The best trial's test evaluation failed: the study stays unfinished, a rerun retries it."""
+
+
 def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[str, object]:
-    """Summarise; when the study has all its trials, evaluate the best on test and log it."""
+    """Summarise; when the study has all its trials, evaluate the best on test, log and register
+    its model. Any worker can: the best weights come from MLflow when another worker trained them.
+    A failed evaluation raises, and leaves the study run `evaluation_failed` (not complete)."""
     counts = handle.counts()
     summary: dict[str, object] = {"study": handle.name, **counts, "n_trials": handle.config.study.n_trials}
     client, parent = handle.client, handle.parent_run_id
@@ -567,31 +582,40 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
     if recorded.tags.get(T.TAG_STUDY_STATE) == "complete" and recorded.tags.get(T.TAG_BEST_TRIAL) == str(best.number):
         # finished before (a campaign resuming, or a second worker): nothing new to evaluate
         summary["best_test_auc"] = recorded.metrics.get("best_test_auc")
+        checkpoints.remove_local(handle.checkpoint_dir)
         return summary
-    test_auc = evaluate_on_test(handle, best)
-    summary["best_test_auc"] = test_auc
+    try:
+        test_auc, version = evaluate_on_test(handle, best)
+    except Exception as exc:  # a missing checkpoint, a failed evaluation, a store that broke: retried by a rerun
+        reason = f"{type(exc).__name__}: {exc}"[:4000]
+        end_run(client, parent, "failed", {T.TAG_STUDY_STATE: "evaluation_failed", T.TAG_FAILURE_REASON: reason})
+        raise
+    summary.update(best_test_auc=test_auc, model_version=version)
     metrics = dict(zip(T.STUDY_METRICS, (best.value, test_auc, counts["complete"], counts["failed"])))
     end_run(client, parent, "complete", metrics=metrics, tags={
         T.TAG_BEST_TRIAL: str(best.number),
         T.TAG_BEST_RUN_ID: best.user_attrs.get(ATTR_MLFLOW_RUN, ""),
         T.TAG_STUDY_STATE: "complete",
+        T.TAG_EVALUATED_ON: worker_name(),
+        T.TAG_FAILURE_REASON: "",
     })
+    checkpoints.remove_local(handle.checkpoint_dir)
     return summary
 
 
-def evaluate_on_test(handle: StudyHandle, best: FrozenTrial) -> float | None:
-    """The selected trial's test AUC (the only time a study touches the test split)."""
-    checkpoint = handle.checkpoint_dir / f"trial_{best.number}.pt"
-    if not checkpoint.exists():
-        log.warning("No checkpoint of trial %d on this worker: test AUC not evaluated", best.number)
-        return None
+def evaluate_on_test(handle: StudyHandle, best: FrozenTrial) -> tuple[float, str]:
+    """The selected trial's test AUC (the only time a study touches the test split) and the
+    version of its registered model. Raises CheckpointMissing or EvaluationFailed."""
+    run_id = best.user_attrs.get(ATTR_MLFLOW_RUN)
+    checkpoint = checkpoints.fetch(handle.client, run_id, best.number, handle.checkpoint_dir)
+    arch = handle.grid[best.params["arch_idx"]]
     outcome = run_trial_process(
         TrialRequest(
             mode="evaluate",
             trial_number=best.number,
             dataset_path=handle.dataset_path,
             window=handle.config.data.window,
-            arch=handle.grid[best.params["arch_idx"]],
+            arch=arch,
             train=handle.config.train,
             checkpoint_path=checkpoint,
             split="test",
@@ -599,11 +623,32 @@ def evaluate_on_test(handle: StudyHandle, best: FrozenTrial) -> float | None:
         stall_timeout_s=handle.config.study.stall_timeout_s,
     )
     if not outcome.complete:
-        log.warning("Test evaluation of trial %d failed: %s", best.number, outcome.reason)
-        return None
-    handle.client.log_artifact(handle.parent_run_id, str(checkpoint), artifact_path="best_model")
-    log_scores_file(handle.client, best.user_attrs.get(ATTR_MLFLOW_RUN), scores_path(checkpoint, "test"))
-    return outcome.result["auc"]
+        raise EvaluationFailed(
+            f"{handle.name}: the test evaluation of trial {best.number} failed ({outcome.failure_kind}): "
+            f"{outcome.reason}; fix the cause and run the study again to retry it"
+        )
+    test_auc = outcome.result["auc"]
+    log_scores_file(handle.client, run_id, scores_path(checkpoint, "test"))
+    entry = {"val_auc": best.value, "test_auc": test_auc, "best_trial": best.number, "trial_run_id": run_id,
+             "budget": handle.spec.budget, "horizon": handle.spec.horizon, "grid_version": handle.grid_version,
+             **arch.as_dict()}
+    version = checkpoints.log_best_model(
+        handle.client, handle.parent_run_id, handle.name, checkpoint, handle.dataset_path, handle.config.train,
+        tags={k: entry[k] for k in T.MODEL_VERSION_TAGS},
+    )
+    return test_auc, version
+
+
+def study_summary(handle: StudyHandle) -> dict[str, object]:
+    """The study as the stores hold it, read only (`finish_study`'s summary, for a caller that did
+    not run it): counts, state, best trial, val and test AUC."""
+    recorded = handle.client.get_run(handle.parent_run_id).data
+    summary: dict[str, object] = {"study": handle.name, **handle.counts(), "n_trials": handle.config.study.n_trials,
+                                  "state": recorded.tags.get(T.TAG_STUDY_STATE, "running")}
+    if T.TAG_BEST_TRIAL in recorded.tags:
+        summary.update(best_trial=int(recorded.tags[T.TAG_BEST_TRIAL]), best_val_auc=recorded.metrics.get("best_val_auc"),
+                       best_test_auc=recorded.metrics.get("best_test_auc"))
+    return summary
 
 
 def run_study(spec: StudySpec, config: HpoConfig, execute: TrialExecutor | None = None) -> dict[str, object]:

@@ -1,7 +1,8 @@
-"""Live terminal progress: a bar per study (completed trials) and per running trial (epochs).
+"""Progress as people see it. In a terminal: a bar per study (completed trials) and per running
+trial (epochs). In the Prefect UI: the study's trials as a table (`trials_table`).
 
-The CLI installs one with `live_progress()`; flows look it up with `current_progress()`, so a
-flow run from a Prefect worker (no terminal) simply has none and logs lines instead.
+The CLI installs the bars with `live_progress()`; flows look them up with `current_progress()`,
+so a flow run from a Prefect worker (no terminal) simply has none and logs lines instead.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from models.arch_grid import Architecture
+
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -70,3 +74,25 @@ def live_progress(max_epochs: int, console: Console | None = None) -> Iterator[T
             yield display
         finally:
             _current.reset(token)
+
+
+# Optuna's states as MLflow's `state` tag names them.
+STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+               TrialState.WAITING: "waiting", TrialState.PRUNED: "pruned"}
+
+
+def trials_table(trials: list[FrozenTrial], grid: list[Architecture]) -> list[dict[str, object]]:
+    """One row per trial, in trial order: number, state, architecture, hyperparameters, val AUC."""
+    rows = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        arch = grid[trial.params["arch_idx"]] if "arch_idx" in trial.params else None
+        rows.append({
+            "trial": trial.number,
+            "state": STATE_NAMES.get(trial.state, trial.state.name.lower()),
+            "architecture": f"d_model={arch.d_model} n_layers={arch.n_layers} n_heads={arch.n_heads} d_ff={arch.d_ff}" if arch else "",
+            "params": arch.params if arch else None,
+            **{k: trial.params.get(k) for k in ("learning_rate", "dropout", "weight_decay")},
+            "val_auc": round(trial.value, 4) if trial.value is not None else None,
+            "failure": trial.user_attrs.get("failure_kind", ""),
+        })
+    return rows

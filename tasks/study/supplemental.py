@@ -26,6 +26,7 @@ from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
 from tasks.data.dataset import cached_dataset
 from tasks.study.driver import end_trial_run, log_epoch, trial_params
+from tasks.tracking.datasets import log_dataset_input, prepared_dataset_entity
 from tasks.tracking.runs import ensure_study_run, get_or_create_experiment, mlflow_client, search_all_runs, start_run
 from tasks.study.trial_process import run_trial_process
 
@@ -221,6 +222,7 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
         hparams["learning_rate"], hparams["dropout"], hparams["weight_decay"],
     )
     _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
+    log_dataset_input(client, run_id, prepared_dataset_entity(dataset_path, config.data))
     checkpoint = config.stores.root.resolve() / "checkpoints" / study / f"supplemental_{entry.id}.pt"
     outcome = run_trial_process(
         TrialRequest(

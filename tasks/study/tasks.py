@@ -3,14 +3,19 @@ opens the stores it needs itself, so the Prefect UI shows its inputs and any wor
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import asdict
 
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import HpoConfig, StudySpec
 from tasks.study import driver, retrain, supplemental
-from tasks.study.progress import current_progress
+from tasks.study.progress import current_progress, trials_table
+
+log = logging.getLogger("hpo")
 
 
 @task(name="open-study", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -26,18 +31,51 @@ def train_trial(study: str, config: HpoConfig, trial_number: int) -> dict:
 
 
 def run_trials(study: str, config: HpoConfig) -> str | None:
-    """The driver's study loop with each trial as a `trial` task run named `STUDY #N`."""
+    """The driver's study loop with each trial as a `trial` task run named `STUDY #N`; the flow
+    run's table artifact `trials-<study>` follows the trials as they finish."""
 
     def execute(number: int) -> dict:
-        return train_trial.with_options(task_run_name=f"{study} #{number}")(study, config, number)
+        outcome = train_trial.with_options(task_run_name=f"{study} #{number}")(study, config, number)
+        publish_trials_table(study, config)
+        return outcome
 
-    return driver.run_trials(driver.attach_study(study, config), execute)
+    publish_trials_table(study, config)
+    try:
+        return driver.run_trials(driver.attach_study(study, config), execute)
+    finally:
+        publish_trials_table(study, config)
+
+
+def trials_artifact_key(study: str) -> str:
+    """`trials-smoke-20m-h5`: Prefect artifact keys take lowercase letters, digits and dashes."""
+    return "trials-" + re.sub(r"[^a-z0-9-]+", "-", study.lower()).strip("-")
+
+
+def publish_trials_table(study: str, config: HpoConfig) -> None:
+    """The study's trials (every worker's) as a new version of the table artifact
+    `trials-<study>`, which the Prefect UI shows on the flow run and under Artifacts."""
+    handle = driver.attach_study(study, config)
+    trials = [t for t in handle.study.get_trials(deepcopy=False) if t.user_attrs.get(driver.ATTR_FAILURE_KIND) != driver.SURPLUS]
+    try:
+        create_table_artifact(
+            table=trials_table(trials, handle.grid),
+            key=trials_artifact_key(study),
+            description=f"Trials of study **{study}** on every worker, updated as they finish (val AUC: higher is better).",
+        )
+    except Exception as exc:  # noqa: BLE001 - a view of the study; the study never fails for it
+        log.warning("trials table of %s not published: %s", study, exc)
 
 
 @task(name="finish-study", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def finish_study(study: str, config: HpoConfig, stop_reason: str | None = None) -> dict:
     """Evaluate the best trial on test and close the study run, once the study is complete."""
     return driver.finish_study(driver.attach_study(study, config), stop_reason)
+
+
+@task(name="study-summary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def read_study_summary(study: str, config: HpoConfig) -> dict:
+    """A study's outcome as the stores hold it (read only): what a worker elsewhere left."""
+    return driver.study_summary(driver.attach_study(study, config))
 
 
 @task(name="supplemental-trials", cache_policy=NO_CACHE)

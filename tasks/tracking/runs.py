@@ -11,11 +11,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
+import mlflow
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -33,9 +38,16 @@ def mlflow_client(stores: StoreConfig) -> MlflowClient:
     return MlflowClient(tracking_uri=stores.mlflow_uri)
 
 
+def serves_artifacts(client: MlflowClient) -> bool:
+    """True when the tracking URI is an MLflow server, which then stores every artifact itself."""
+    return client.tracking_uri.startswith(("http://", "https://"))
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path) -> str:
-    """Experiment id by name; created with artifacts under `artifact_root/name`. Safe when two
-    workers race to create it: the loser finds the winner's."""
+    """Experiment id by name; created with artifacts under `artifact_root/name`, or where the
+    MLflow server keeps artifacts when the tracking URI is a server (a folder on the creating
+    worker would be out of every other worker's reach). Safe when two workers race to create it:
+    the loser finds the winner's."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
@@ -44,8 +56,13 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pat
             client.set_experiment_tag(found.experiment_id, T.TAG_EXPERIMENT_KIND, T.EXPERIMENT_KIND)
         return found.experiment_id
     try:
-        location = (artifact_root / name).resolve().as_uri() if "://" not in str(artifact_root) else f"{artifact_root}/{name}"
-        # Without this tag the MLflow 3 UI opens an experiment in its GenAI view (traces).
+        if serves_artifacts(client):
+            location = None
+        elif "://" in str(artifact_root):
+            location = f"{artifact_root}/{name}"
+        else:
+            location = (artifact_root / name).resolve().as_uri()
+        # The model-training kind, for MLflow's own code; the UI needs more (schemas.tracking).
         return client.create_experiment(name, artifact_location=location, tags={T.TAG_EXPERIMENT_KIND: T.EXPERIMENT_KIND})
     except MlflowException:
         found = client.get_experiment_by_name(name)
@@ -95,10 +112,20 @@ def code_version() -> str:
         return "unknown"
 
 
+def worker_name() -> str:
+    """`host:pid` of this process: which worker made a run, trained a trial or evaluated a study."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def standard_tags() -> dict[str, str]:
-    """MLflow's own source tags, so the UI shows what code produced a run."""
+    """MLflow's own source tags, so the UI shows what code produced a run, and the worker."""
     commit = code_version()
-    tags = {T.TAG_CODE_VERSION: commit, "mlflow.source.type": "LOCAL", "mlflow.source.name": "scaling-hpo"}
+    tags = {
+        T.TAG_CODE_VERSION: commit,
+        T.TAG_WORKER: worker_name(),
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": "scaling-hpo",
+    }
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
     return tags
@@ -177,3 +204,31 @@ def end_run(client: MlflowClient, run_id: str, state: str, tags: dict[str, str] 
     log_batch(client, run_id, metrics=metrics, tags={T.TAG_STATE: state, **(tags or {})})
     status = {"complete": "FINISHED", "stopped": "KILLED"}.get(state, "FAILED")
     client.set_terminated(run_id, status, end_time=end_time)
+
+
+# MLflow's fluent API (`mlflow.<flavor>.log_model` logs to "the active run" only) keeps its
+# tracking URI process-wide: one caller at a time.
+_FLUENT = threading.Lock()
+
+
+@contextmanager
+def active_run(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """Make an existing run the fluent API's active run, on this client's stores, for the
+    duration of the block. The run's status is left for the caller to set (`end_run`)."""
+    with _FLUENT:
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(client.tracking_uri)  # the model registry follows it (no registry URI is set)
+        try:
+            mlflow.start_run(run_id=run_id)
+            try:
+                yield
+            finally:
+                mlflow.end_run(status=client.get_run(run_id).info.status)
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """The experiment's runs in the MLflow UI at `ui` (http://host:port), in the model-training
+    view (schemas.tracking.UI_WORKFLOW)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{T.UI_WORKFLOW}"

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import numpy as np
-from mlflow.entities import Run
+from mlflow.entities import Dataset, Run
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 from sklearn.dummy import DummyClassifier
@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 from schemas.config import HORIZONS, DataConfig, HpoConfig, StudySpec
 from schemas.tracking import TAG_BASELINE_KEY, TAG_BASELINE_MODEL, TAG_HORIZON, TAG_RUN_KIND
 from tasks.data.dataset import SPLITS, PreparedData, cached_dataset, dataset_fingerprint
+from tasks.tracking.datasets import dataset_entity, log_dataset_input
 from tasks.tracking.predictions import encode, log_encoded, split_digest
 from tasks.tracking.runs import (
     ensure_study_run,
@@ -258,8 +259,10 @@ def log_baseline(
     data: DataConfig,
     result: BaselineResult,
     parent_run_id: str | None = None,
+    dataset: Dataset | None = None,
 ) -> str:
-    """One FINISHED run per baseline, or a FAILED one if logging breaks half-way."""
+    """One FINISHED run per baseline, or a FAILED one if logging breaks half-way; `dataset` (the
+    MLflow dataset it was fitted on) becomes the run's input."""
     tags = {TAG_BASELINE_MODEL: result.model, TAG_HORIZON: horizon, TAG_BASELINE_KEY: key}
     params = {
         "model": result.model,
@@ -279,6 +282,8 @@ def log_baseline(
     )
     try:
         log_batch(client, run_id, params=params, metrics=result.metrics())
+        if dataset is not None:
+            log_dataset_input(client, run_id, dataset)
         for payload in result.predictions.values():
             log_encoded(client, run_id, payload)
     except Exception:
@@ -309,11 +314,12 @@ def run_baselines(
     if missing:
         data, _ = cached_dataset(config.data, horizon, config.stores.cache_dir)
         parent = study_parent_run(client, experiment_id, study)
+        dataset = dataset_entity(data, config.data)
         for model in missing:
             if (key, model) not in _FITTED:
                 _FITTED[key, model] = fit_baseline(data, model, settings)
             result = _FITTED[key, model]
-            log_baseline(client, experiment_id, study, horizon, key, config.data, result, parent)
+            log_baseline(client, experiment_id, study, horizon, key, config.data, result, parent, dataset)
             log.info("%s h%d baseline %s: val AUC %.4f, test AUC %.4f", study, horizon, model, result.val_auc, result.test_auc)
         done = finished_baselines(client, experiment_id, key)
     else:
