@@ -221,11 +221,17 @@ def noop_trials(starts: list[float], clock: CallClock, child_process: bool) -> I
             heartbeat()
         return TrialOutcome(state="complete", result=dict(NOOP_RESULT))
 
+    # A noop trial leaves no weights: nothing to upload, to evaluate on test or to register (none
+    # of which is orchestration; before weights went through MLflow, finish skipped them too).
+    real_store, real_evaluate = studies.checkpoints.store_if_best, studies.evaluate_on_test
     studies.run_trial_process = run_noop
+    studies.checkpoints.store_if_best = lambda *args, **kwargs: False
+    studies.evaluate_on_test = lambda handle, best: (float(NOOP_RESULT["val_auc"]), "none")
     try:
         yield
     finally:
         studies.run_trial_process = real
+        studies.checkpoints.store_if_best, studies.evaluate_on_test = real_store, real_evaluate
 
 
 def check_tracked(summaries: list[dict], config: HpoConfig) -> None:
