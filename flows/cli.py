@@ -311,6 +311,9 @@ def campaign(
         else:
             console.rule(stage)
             _print_summaries(summaries)
+    studies = [s["study"] for stage, summaries in result.items() if stage != "report" and not stage.startswith("supplemental")
+               for s in summaries]
+    _print_mlflow_links(config, studies)
 
 
 @app.command(name="supplemental")
