@@ -104,6 +104,10 @@ def run_stage_on_work_pool(specs: list[StudySpec], config: HpoConfig, poll_s: fl
     from prefect.runtime import flow_run
 
     names = [spec.name(spec.version or 1) for spec in specs]
+    if config.stores.optuna_storage is None or not config.stores.mlflow_uri.startswith(("http://", "https://")):
+        log.warning("embedded stores (%s, %s): studies run by workers on other machines would not share them; "
+                    "set HPO_OPTUNA_STORAGE and HPO_MLFLOW_TRACKING_URI (README, Scaling out)",
+                    config.stores.optuna_url, config.stores.mlflow_uri)
     submitted = [
         run_deployment(
             STUDY_DEPLOYMENT,
