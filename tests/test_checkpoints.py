@@ -58,7 +58,7 @@ def test_only_the_best_finished_trials_weights_are_kept_here_and_in_mlflow(store
     files[1].unlink()
     assert checkpoints.fetch(client, runs[1], 1, folder).read_bytes() == b"weights"
     # ...and weights that are nowhere are an error that says why and what to do.
-    with pytest.raises(checkpoints.CheckpointMissing, match="(?s)could not be downloaded .* HPO_MLFLOW_TRACKING_URI"):
+    with pytest.raises(checkpoints.CheckpointMissing, match="(?s)could not be downloaded .*HPO_MLFLOW_TRACKING_URI"):
         checkpoints.fetch(client, runs[0], 0, folder)
 
 

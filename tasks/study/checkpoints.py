@@ -119,7 +119,7 @@ def fetch(client: MlflowClient, run_id: str | None, number: int, checkpoint_dir:
         except Exception as exc:  # noqa: BLE001 - every reason is reported with the fix
             raise CheckpointMissing(
                 f"the weights of trial {number} are not on this worker ({local}) and could not be "
-                f"downloaded from its MLflow run {run_id} (artifact {artifact_path(number)}): {exc}. "
+                f"downloaded from its MLflow run {run_id} (artifact {artifact_path(number)}): {str(exc).rstrip('.')}. "
                 "Check that every worker uses the same MLflow tracking server (HPO_MLFLOW_TRACKING_URI), "
                 "or run the study again on the worker that trained the trial"
             ) from exc
