@@ -90,7 +90,7 @@ def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoCo
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_test_auc"] == pytest.approx(summaries[0]["best_test_auc"])
     (version,) = client.search_model_versions("name = 'smoke_h1'")
-    assert version.run_id == parent.info.run_id and summaries[0]["model_version"] == version.version
+    assert version.run_id == parent.info.run_id and summaries[0]["model_version"] == str(version.version)
     best = by_number[int(parent.data.tags[T.TAG_BEST_TRIAL])]
     assert version.tags["best_trial"] == parent.data.tags[T.TAG_BEST_TRIAL]
     assert float(version.tags["test_auc"]) == pytest.approx(summaries[0]["best_test_auc"])

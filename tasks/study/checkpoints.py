@@ -153,7 +153,7 @@ def log_best_model(
     the version. Idempotent: a version of this study run with the same best trial is reused."""
     for version in client.search_model_versions(f"name = '{study}' and run_id = '{study_run_id}'"):
         if version.tags.get("best_trial") == str(tags.get("best_trial")):
-            return version.version
+            return str(version.version)
 
     import mlflow.pytorch
     import torch
