@@ -32,7 +32,7 @@ from schemas.config import DataConfig, HpoConfig, StudyConfig, TrainConfig
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 STUDY = "smoke_h1"
-N_TRIALS = 3
+N_TRIALS = 2
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(600)]
 
@@ -66,7 +66,7 @@ def stores(tmp_path: Path):
     optuna_url = postgres_database(f"scaleout_optuna_{suffix}")
     if optuna_url is None:
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
-    mlflow_db = postgres_database(f"scaleout_mlflow_{suffix}").replace("+psycopg2", "")
+    mlflow_db = postgres_database(f"scaleout_mlflow_{suffix}")
     (server_dir := tmp_path / "mlflow-server").mkdir()
     port = _free_port()
     log = open(server_dir / "server.log", "wb")
@@ -90,13 +90,22 @@ def stores(tmp_path: Path):
         optuna.storages.RDBStorage(optuna_url)  # its schema once, so the workers race on the study only
         yield optuna_url, uri
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        _stop(server)
         log.close()
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (gunicorn/uvicorn workers included), SIGKILL after 3 s (a throwaway server)."""
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _worker_env(workdir: Path, optuna_url: str, tracking_uri: str) -> dict[str, str]:
