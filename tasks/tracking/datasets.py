@@ -11,6 +11,7 @@ feature list and the source file's content.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import mlflow.data
@@ -39,13 +40,17 @@ def dataset_entity(prepared: PreparedData, data: DataConfig) -> Dataset:
         source = CodeDatasetSource(tags={"mlflow.source.name": BUNDLED_SOURCE})
     else:
         source = str(Path(data.source).expanduser().resolve())  # a path: MLflow records it as a local file
-    dataset = mlflow.data.from_numpy(
-        features=last_day,
-        targets={split: prepared.labels[split] for split in SPLITS},
-        source=source,
-        name=dataset_name(data, prepared.horizon),
-        digest=dataset_fingerprint(data, prepared.horizon),
-    )
+    with warnings.catch_warnings():
+        # MLflow registers the local-file source under two schemes ("" and "file") and warns that
+        # a path matches both; they are the same class.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_numpy(
+            features=last_day,
+            targets={split: prepared.labels[split] for split in SPLITS},
+            source=source,
+            name=dataset_name(data, prepared.horizon),
+            digest=dataset_fingerprint(data, prepared.horizon),
+        )
     return Dataset(**dataset.to_dict())
 
 
