@@ -30,6 +30,7 @@ from tasks.data.dataset import cached_dataset
 from tasks.study.driver import end_trial_run, log_epoch, trial_params
 from tasks.study.trial_process import run_trial_process
 from tasks.tracking.predictions import log_scores_file, scores_path
+from tasks.tracking.datasets import log_dataset_input, prepared_dataset_entity
 from tasks.tracking.runs import end_run, ensure_study_run, log_batch, mlflow_client, search_all_runs, start_run
 
 log = logging.getLogger("hpo")
@@ -135,6 +136,7 @@ def retrain(config: HpoConfig, study: str, trial: str) -> RetrainResult:
     )  # fmt: skip
     log.info("Re-training %s #%s (%s parameters) as run %s", study, trial, f"{arch.params:,}", run_id)
     _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
+    log_dataset_input(client, run_id, prepared_dataset_entity(dataset_path, config.data))
     checkpoint = config.stores.root.resolve() / "checkpoints" / study / f"retrain_{trial}.pt"
     request = dict(trial_number=-1, dataset_path=dataset_path, window=config.data.window, arch=arch, train=config.train,
                    checkpoint_path=checkpoint)  # fmt: skip
