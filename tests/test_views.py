@@ -16,15 +16,16 @@ from tasks.tracking.runs import experiment_url
 GRID = get_architectures_for_budget("smoke")
 
 
-def test_the_trials_table_has_one_row_per_trial_in_order_with_its_architecture():
+def test_the_trials_table_has_a_row_per_trial_that_ran_in_order_with_its_architecture():
     space = {"arch_idx": CategoricalDistribution(list(range(len(GRID)))), "learning_rate": CategoricalDistribution([1e-3])}
     trials = [
         create_trial(params={"arch_idx": 2, "learning_rate": 1e-3}, distributions=space, value=0.71234),
         create_trial(params={"arch_idx": 0, "learning_rate": 1e-3}, distributions=space, state=TrialState.FAIL,
                      user_attrs={"failure_kind": "oom"}),
         create_trial(state=TrialState.RUNNING),
+        create_trial(state=TrialState.WAITING),  # a queued extreme: not shown
     ]
-    for trial, number in zip(trials, (1, 0, 2)):
+    for trial, number in zip(trials, (1, 0, 2, 3)):
         trial.number = number
     rows = trials_table(trials, GRID)
 

@@ -82,17 +82,21 @@ STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", Trial
 
 
 def trials_table(trials: list[FrozenTrial], grid: list[Architecture]) -> list[dict[str, object]]:
-    """One row per trial, in trial order: number, state, architecture, hyperparameters, val AUC."""
+    """One row per trial that ran or runs, in trial order: number, state, val AUC, architecture,
+    hyperparameters. Val AUC comes before the wide columns: the UI's table scrolls sideways.
+    Waiting trials (queued extremes a short study never reaches) are left out."""
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
+        if trial.state == TrialState.WAITING:
+            continue
         arch = grid[trial.params["arch_idx"]] if "arch_idx" in trial.params else None
         rows.append({
             "trial": trial.number,
             "state": STATE_NAMES.get(trial.state, trial.state.name.lower()),
+            "val_auc": round(trial.value, 4) if trial.value is not None else None,
             "architecture": f"d_model={arch.d_model} n_layers={arch.n_layers} n_heads={arch.n_heads} d_ff={arch.d_ff}" if arch else "",
             "params": arch.params if arch else None,
             **{k: trial.params.get(k) for k in ("learning_rate", "dropout", "weight_decay")},
-            "val_auc": round(trial.value, 4) if trial.value is not None else None,
             "failure": trial.user_attrs.get("failure_kind", ""),
         })
     return rows
