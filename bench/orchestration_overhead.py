@@ -7,8 +7,8 @@ against a bare Optuna loop, in the same run.
 Each layer adds one thing to the one before, on fresh stores in a temporary folder:
 
   bare-memory  optuna.create_study() in memory, study.optimize(objective): the objective draws from
-               our search space (tasks.study.driver.suggest) and returns a constant. Same TPE seed as our
-               study, the same six forced extremes enqueued first.
+               our search space (tasks.study.space.suggest, the default space) and returns a constant.
+               Our study's sampler and seed, the same six forced extremes enqueued first.
   bare-sqlite  the same on a SQLite storage file (Optuna's defaults, no heartbeats).
   study        tasks.study.driver.run_study: our storage (SQLite, heartbeats, stale-trial and surplus
                checks), one MLflow run per trial with its params and tags, record_outcome; the trial
@@ -61,6 +61,7 @@ from schemas import tracking as T
 from schemas.config import DataConfig, HpoConfig, StoreConfig, StudyConfig, StudySpec, TrainConfig
 from schemas.trial import NOOP_RESULT
 from tasks.study import driver as studies
+from tasks.study import space
 from tasks.data.dataset import cached_dataset
 from tasks.study.trial_process import REPO_ROOT, TrialOutcome
 
@@ -167,13 +168,13 @@ def bare_loop(n_trials: int, storage: str | None, starts: list[float]) -> None:
     grid = get_architectures_for_budget(SPEC.budget)
 
     def objective(trial: optuna.Trial) -> float:
-        studies.suggest(trial, len(grid), config.search)
+        space.suggest(trial, config.study.arch_space, grid, config.search)
         starts.append(time.perf_counter())
         return float(NOOP_RESULT["val_auc"])
 
-    sampler = optuna.samplers.TPESampler(seed=config.study.sampler_seed + 1)  # our study's: seed + version
+    sampler = space.make_sampler(config.study.arch_space, grid, seed=config.study.sampler_seed + 1)
     study = optuna.create_study(storage=storage, sampler=sampler, direction="maximize")
-    studies.enqueue_extremes(study, grid, config.search)
+    space.enqueue_extremes(study, config.study.arch_space, grid, config.search)
     study.optimize(objective, n_trials=n_trials)
 
 

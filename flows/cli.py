@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.arch_grid import BUDGET_BANDS, CURRENT_GRID_VERSION, get_architectures_for_budget
-from schemas.config import HpoConfig, StudySpec
+from schemas.config import HpoConfig, StudyConfig, StudySpec
 
 app = typer.Typer(help="Hyperparameter-search campaigns across transformer parameter budgets.", no_args_is_help=True)
 console = Console()
@@ -29,6 +29,18 @@ Root = Annotated[Path | None, typer.Option("--root", help="folder of the embedde
 DataSource = Annotated[str | None, typer.Option("--data", help="'bundled' (default) or a CSV/Parquet path")]
 Storage = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (PostgreSQL for several workers)")]
 TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default SQLite under --root)")]
+
+
+Pruner = Annotated[
+    str | None,
+    typer.Option("--pruner", help="none (default), median or hyperband: stop hopeless trials early; n_trials then "
+                 "counts complete plus pruned trials. A study keeps the pruner it was created with"),
+]
+ArchSpace = Annotated[
+    str | None,
+    typer.Option("--arch-space", help="factored (default: d_model, n_layers, n_heads, d_ff_ratio as ordered "
+                 "dimensions) or categorical (arch_idx); a study keeps the space it was created with"),
+]
 
 
 ConfigFile = Annotated[
@@ -56,11 +68,15 @@ def build_config(
     """The config file (or the defaults), then the flags that were given."""
     base = load_config_file(config_file)
     stores = {"root": root, "optuna_storage": storage, "mlflow_tracking_uri": tracking_uri}
+    try:  # validated, so that `--pruner medain` is refused with the choices
+        study_config = StudyConfig.model_validate({**base.study.model_dump(), **{k: v for k, v in study.items() if v is not None}})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     return base.model_copy(
         update={
             "data": base.data.model_copy(update={"source": data}) if data else base.data,
             "stores": base.stores.model_copy(update={k: v for k, v in stores.items() if v is not None}),
-            "study": base.study.model_copy(update={k: v for k, v in study.items() if v is not None}),
+            "study": study_config,
         }
     )
 
@@ -167,7 +183,7 @@ def _configure_logging() -> None:
 def run(
     budget: Annotated[str, typer.Argument(help="smoke, 2M, 20M, 200M or 2B")],
     horizons: Annotated[list[str], typer.Argument(help="one or more of h1 h3 h5, run in this order")],
-    trials: Annotated[int | None, typer.Option("--trials", help="completed trials the study ends with (default 50)")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", help="trials the study ends with (default 50): complete ones, plus pruned ones with --pruner")] = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="start a new version of the study; the old one is kept")] = False,
@@ -177,6 +193,8 @@ def run(
     smoke: Annotated[bool, typer.Option("--smoke", help="smoke switch: the budget's smoke-ladder stand-in, a few short epochs, at most 8 trials")] = False,
     slots: Annotated[int | None, typer.Option(help="trials run at once on this worker's device (small budgets)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
+    pruner: Pruner = None,
+    arch_space: ArchSpace = None,
     data: DataSource = None,
     root: Root = None,
     config_file: ConfigFile = None,
@@ -186,7 +204,8 @@ def run(
     from tasks.study.progress import live_progress
     from tasks.study.driver import optuna_storage, resolve_study_name
 
-    base = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, timeout_hours=timeout_hours, slots=slots)
+    base = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, timeout_hours=timeout_hours,
+                        slots=slots, pruner=pruner, arch_space=arch_space)
     train_update = {k: v for k, v in {"device": device, "max_epochs": max_epochs}.items() if v is not None}
     config = base.model_copy(update={"train": base.train.model_copy(update=train_update)})
     try:
@@ -225,11 +244,12 @@ def _print_mlflow_links(config: HpoConfig, studies: list[str]) -> None:
 
 def _print_summaries(summaries: list[dict]) -> None:
     table = Table(title="studies")
-    for column in ("study", "state", "complete", "failed", "best_trial", "best_val_auc", "best_test_auc"):
+    columns = ("study", "state", "complete", "pruned", "failed", "best_trial", "best_val_auc", "best_test_auc")
+    for column in columns:
         table.add_column(column)
     for s in summaries:
         fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-        table.add_row(*(fmt(s.get(c)) for c in ("study", "state", "complete", "failed", "best_trial", "best_val_auc", "best_test_auc")))
+        table.add_row(*(fmt(s.get(c)) for c in columns))
     console.print(table)
 
 
@@ -282,8 +302,10 @@ def campaign(
     supplemental: Annotated[list[str] | None, typer.Option("--supplemental", help="plans to run after the studies: 2M-L64, 20M-h5-L160-180")] = None,
     report: Annotated[bool, typer.Option(help="write the cross-budget report at the end")] = True,
     report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports"),
-    trials: Annotated[int | None, typer.Option("--trials", help="completed trials per study (default 50)")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", help="trials per study (default 50): complete ones, plus pruned ones with --pruner")] = None,
     slots: Annotated[int | None, typer.Option(help="trials run at once on each device (small budgets)")] = None,
+    pruner: Pruner = None,
+    arch_space: ArchSpace = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     root: Root = None,
@@ -294,7 +316,8 @@ def campaign(
     from flows.campaign import campaign_flow
     from tasks.study.progress import live_progress
 
-    config = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, slots=slots)
+    config = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, slots=slots,
+                          pruner=pruner, arch_space=arch_space)
     _configure_logging()
     console.print(f"campaign{' (smoke)' if smoke else ''}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
     with live_progress(config.smoke().train.max_epochs if smoke else config.train.max_epochs, console):
@@ -387,7 +410,7 @@ def demo(root: Root = None, report_dir: Annotated[Path, typer.Option(help="where
     # smoke trials are short and mostly process start-up: run a few side by side on a laptop's cores
     slots = max(1, min(4, (os.cpu_count() or 1)))
     campaign(smoke=True, rerun_20m_h5=False, supplemental=["20M-h5-L160-180"], report=True, report_dir=report_dir,
-             trials=None, slots=slots, storage=None, tracking_uri=None, root=root, data=None, config_file=None)
+             trials=None, slots=slots, pruner=None, arch_space=None, storage=None, tracking_uri=None, root=root, data=None, config_file=None)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from tasks.training.tasks import fit_baselines
 
 @flow(name="study", flow_run_name="{spec.budget}_h{spec.horizon}")
 def study_flow(spec: StudySpec, config: HpoConfig) -> dict:
-    """One (budget, horizon) study until it has `n_trials` complete trials (or this run stops)."""
+    """One (budget, horizon) study until it has `n_trials` done trials (complete, plus pruned with a
+    pruner), or this run stops."""
     study = open_study(spec, config)
     if config.study.baselines:
         fit_baselines(config, study, spec.horizon)

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.arch_grid import BUDGETS, CURRENT_GRID_VERSION, GRID_VERSIONS, REAL_BUDGETS, smoke_budget
 
 HORIZONS: tuple[int, ...] = (1, 3, 5)
+# How a study's sampler sees the architecture (tasks/study/space.py); chosen in bench/search_space.py.
+ArchSpaceKind = Literal["factored", "categorical"]
+PrunerKind = Literal["none", "median", "hyperband"]
 
 
 class _Config(BaseModel):
@@ -150,6 +153,18 @@ class StudyConfig(_Config):
     stall_timeout_s: float | None = Field(
         3600, gt=0, description="kill a trial that reports no progress for this long (a hung kernel)"
     )
+    arch_space: ArchSpaceKind = Field(
+        "factored",
+        description="how the sampler draws the architecture: 'factored' (d_model, n_layers, n_heads, d_ff_ratio as "
+        "ordered dimensions, in-band grid entries only) or 'categorical' (arch_idx as one category); a study "
+        "keeps the space it was created with",
+    )
+    pruner: PrunerKind = Field(
+        "none",
+        description="stop hopeless trials early: 'median' or 'hyperband'; with a pruner, n_trials counts complete "
+        "plus pruned trials. A study keeps the pruner it was created with",
+    )
+    prune_after_epochs: int = Field(1, ge=0, description="epochs every trial trains before the pruner may stop it")
 
     @field_validator("grid_version")
     @classmethod

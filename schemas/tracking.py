@@ -53,7 +53,7 @@ FINAL_METRICS: tuple[str, ...] = (
     "peak_memory_mb",
 )
 # On the study (parent) run when the study completes.
-STUDY_METRICS: tuple[str, ...] = ("best_val_auc", "best_test_auc", "n_complete", "n_failed")
+STUDY_METRICS: tuple[str, ...] = ("best_val_auc", "best_test_auc", "n_complete", "n_failed", "n_pruned")
 
 # Experiments are tagged as model-training experiments (what `mlflow.experimentKind` means to
 # MLflow's own code). MLflow 3.17's UI does not read the tag, though: it opens an experiment in the
@@ -73,7 +73,8 @@ TAG_BUDGET = "budget"
 TAG_HORIZON = "horizon"
 TAG_TRIAL_NUMBER = "trial_number"  # Optuna trial number (hpo) or legacy trial number
 TAG_EXTREME_TYPE = "extreme_type"  # min_d_model ... max_n_heads, or "none"
-TAG_STATE = "state"  # complete | failed | incomplete
+TAG_STATE = "state"  # complete | failed | pruned | incomplete
+TAG_LAST_EPOCH = "last_epoch"  # a pruned trial's last epoch (its run ends KILLED)
 TAG_FAILURE_REASON = "failure_reason"
 TAG_FAILURE_KIND = "failure_kind"  # diverged | oom | crashed | hung | worker_lost | error
 TAG_DEVICE = "device"
@@ -108,7 +109,7 @@ MODEL_VERSION_TAGS: tuple[str, ...] = ("val_auc", "test_auc", "best_trial", "tri
                                        "grid_version", "arch_idx", "d_model", "n_layers", "n_heads", "d_ff", "params")
 BEST_MODEL_NAME = "best_model"  # the logged model's name on the study run
 
-TrialState = Literal["complete", "failed", "incomplete"]
+TrialState = Literal["complete", "failed", "pruned", "incomplete"]
 
 
 def trial_run_name(study: str, number: int | str) -> str:

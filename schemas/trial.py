@@ -17,7 +17,8 @@ from schemas.config import TrainConfig
 EVENT_PREFIX = "@@hpo "
 # Test hook: JSON {trial_number: fault}; faults go through the real failure paths of the trial
 # process ("nan": the loss becomes NaN; "oom": torch.OutOfMemoryError at the first step;
-# "crash": the process dies without a word; "hang": it stops reporting).
+# "crash": the process dies without a word; "hang": it stops reporting; "noise": it trains on
+# random features, a real trial that learns nothing, for the pruner to stop).
 FAULT_ENV = "HPO_INJECT_FAULTS"
 
 # What a trial process in mode "noop" reports: a complete trial that trained nothing, so

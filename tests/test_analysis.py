@@ -299,3 +299,20 @@ def test_empty_store_renders():
     assert analysis.budgets_without_runs == ["2M", "20M", "200M", "2B"]
     assert [c.status for c in analysis.checklist] == ["fail"] * 5 + ["n/a"]
     assert "# Cross-budget HPO report" in render_markdown(analysis)
+
+
+def test_pruned_trials_are_counted_and_never_a_best():
+    # the pruned trial reported a higher val AUC before it was stopped: it still is no complete trial
+    rows = [run(study="2M_h1", n=0, auc=0.70), run(study="2M_h1", n=1, auc=0.66),
+            run(study="2M_h1", n=2, auc=0.75, state="pruned", status="KILLED", last_epoch="2"),
+            run(study="20M_h1", n=0, auc=0.71), run(study="20M_h1", n=1, auc=0.80, state="pruned", status="KILLED")]  # fmt: skip
+    runs = frame(rows)
+    assert runs["complete"].tolist() == [True, True, False, True, False]
+    stats = summary_statistics(runs[runs["study"] == "2M_h1"])
+    assert (stats["complete"], stats["pruned"], stats["failed"], stats["best_auc"]) == (2, 1, 0, 0.70)
+    bests = {b.budget: b for b in budget_bests(runs, 1, ["2M", "20M"])}
+    assert bests["2M"].best["trial_number"] == 0 and bests["20M"].best["val_auc"] == 0.71
+    assert (bests["2M"].complete, bests["2M"].trials) == (2, 3)
+    text = render_markdown(analyse_campaign(pd.DataFrame(rows)))
+    assert "(3 complete, 2 pruned, 0 failed" in text
+    assert "complete 2, pruned 1, failed 0" in text

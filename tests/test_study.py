@@ -45,13 +45,18 @@ def load_trials(stores: StoreConfig, study: str):
 
 
 def assert_exactly_complete(stores: StoreConfig, study: str, n_trials: int) -> None:
-    """Exactly n complete trials, each with exactly one FINISHED MLflow run, and no other
-    FINISHED trial run in the experiment."""
+    """Exactly n done trials (complete, plus pruned with a pruner), each complete one with exactly
+    one FINISHED MLflow run and each pruned one with one KILLED run tagged state=pruned, and no
+    other such run in the experiment."""
     trials = load_trials(stores, study)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == n_trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(complete) + len(pruned) == n_trials
     finished = trial_runs(stores, study, "FINISHED")
     assert sorted(r.info.run_id for r in finished) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)
+    killed = [r for r in trial_runs(stores, study, "KILLED") if r.data.tags[T.TAG_STATE] == "pruned"]
+    assert sorted(r.info.run_id for r in killed) == sorted(t.user_attrs["mlflow_run_id"] for t in pruned)
+    assert not [t for t in pruned if t.user_attrs.get("extreme_type")], "forced extremes are never pruned"
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
@@ -222,7 +227,7 @@ def _worker_env(tmp_path: Path) -> dict[str, str]:
 def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n_trials(smoke_config, tmp_path):
     stores = smoke_config.stores
     env = _worker_env(tmp_path)
-    command = _hpo_command(smoke_config, tmp_path, 3)
+    command = _hpo_command(smoke_config, tmp_path, 3, "--pruner", "median")
     worker = subprocess.Popen(
         command, cwd=REPO, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -267,8 +272,11 @@ def test_two_workers_on_one_postgres_study(smoke_config, tmp_path):
     if optuna_url is None:
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
     n_trials = 8
-    command = _hpo_command(smoke_config, tmp_path, n_trials, "--storage", optuna_url, "--tracking-uri", mlflow_url)
-    env = _worker_env(tmp_path)
+    command = _hpo_command(smoke_config, tmp_path, n_trials, "--storage", optuna_url, "--tracking-uri", mlflow_url,
+                           "--pruner", "median")
+    # trials 6 and 7 learn nothing: pruned when 5 trials have completed by then, complete otherwise;
+    # either way complete + pruned is exactly n_trials
+    env = {**_worker_env(tmp_path), FAULT_ENV: json.dumps({"6": "noise", "7": "noise"})}
     # create the stores' schemas once, so the two workers race on the study, not on migrations
     stores = smoke_config.stores.model_copy(update={"optuna_storage": optuna_url, "mlflow_tracking_uri": mlflow_url})
     optuna_storage(stores)
@@ -287,3 +295,47 @@ def test_two_workers_on_one_postgres_study(smoke_config, tmp_path):
     assert sorted(extremes) == sorted(e for e, _ in forced_extremes(get_architectures_for_budget("smoke")))
     # both workers did work
     assert all("Trial " in out for out in outputs)
+
+
+def test_pruning_stops_bad_trials_never_extremes_and_keeps_counts_on_resume(smoke_config, monkeypatch):
+    """Median pruning on a smoke study whose trials learn (20 batches at the smoke learning
+    rates): a trial on random features is stopped after its first of 2 epochs, PRUNED in Optuna
+    and KILLED (state pruned, last epoch) in MLflow; an extreme on random features is never
+    pruned. A claim left RUNNING by a dead worker is failed and retried when the study resumes,
+    the resumed study ends with exactly n_trials complete + pruned trials, and it keeps the
+    space and pruner it was created with although the rerun asks for others."""
+    config = smoke_config.smoke()
+    train = config.train.model_copy(update={"max_epochs": 2, "patience": 2})
+    study = config.study.model_copy(update={"n_trials": 7, "pruner": "median", "arch_space": "factored"})
+    config = config.model_copy(update={"train": train, "study": study})
+    spec = StudySpec(budget="smoke", horizon=1)
+    monkeypatch.setenv(FAULT_ENV, json.dumps({"0": "noise", "6": "noise", "8": "noise"}))
+
+    first = run_study(spec, config)
+    assert (first["state"], first["complete"], first["pruned"]) == ("complete", 6, 1)
+
+    # a worker claims trial 7 and dies before training it: no heartbeat from now on
+    from tasks.study.driver import _LoopState, next_trial
+
+    resumed = config.model_copy(update={"study": study.model_copy(update={"n_trials": 8, "pruner": "none", "arch_space": "categorical"})})
+    handle = open_study(spec, resumed)
+    assert (handle.arch_space, handle.pruner) == ("factored", "median")  # kept, though the rerun asked otherwise
+    assert next_trial(handle, _LoopState(started=time.monotonic())) == 7
+
+    second = run_study(spec, resumed)
+    assert (second["state"], second["complete"], second["pruned"]) == ("complete", 6, 2)
+    assert_exactly_complete(config.stores, "smoke_h1", 8)
+    trials = {t.number: t for t in load_trials(config.stores, "smoke_h1")}
+    assert trials[0].state == TrialState.COMPLETE and trials[0].user_attrs["extreme_type"] == "min_d_model"
+    assert trials[7].state == TrialState.FAIL and trials[8].system_attrs["failed_trial"] == 7
+    assert trials[8].params == trials[7].params and "d_model" in trials[8].params
+    client = MlflowClient(config.stores.mlflow_uri)
+    for number in (6, 8):
+        assert trials[number].state == TrialState.PRUNED and sorted(trials[number].intermediate_values) == [1]
+        run = client.get_run(trials[number].user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED" and run.data.tags[T.TAG_STATE] == "pruned"
+        assert run.data.tags[T.TAG_LAST_EPOCH] == "1" and "val_auc" not in run.data.metrics
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/auc")] == [1]
+        assert not (handle.checkpoint_dir / f"trial_{number}.pt").exists()
+    parent = client.get_run(trials[6].user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent).data.metrics["n_pruned"] == 2

@@ -6,8 +6,9 @@ a frame normalised by `normalise_runs` and returns numbers, frames or small data
 The rules, each in one place (the report prints them in its "Methods" section):
 
 - Complete trial: a `run_kind=trial` run tagged `state=complete` (or, untagged, FINISHED) with a
-  finite `val_auc`. Every statistic below is over complete trials; failed and incomplete trials
-  are counted, never averaged. Baselines (`run_kind=baseline`) are never trials.
+  finite `val_auc`. Every statistic below is over complete trials; failed, pruned (`state=pruned`:
+  stopped early by the study's pruner) and incomplete trials are counted, never averaged, so a
+  pruned trial is never in a best-per-budget table. Baselines (`run_kind=baseline`) are never trials.
 - Probability collapse (`collapse_flags`): a complete trial collapsed when its validation
   predictions span less than `COLLAPSE_PRED_RANGE` (`pred_range < 0.05`: the output is nearly a
   constant). A trial whose predictions all fall on one side of 0.5 (`recall` 0 or 1, "one class")
@@ -74,7 +75,7 @@ COVERAGE_PAIRS: tuple[tuple[str, str], ...] = (("d_model", "n_layers"), ("d_mode
 _NUMERIC = tuple(p for p in TRIAL_PARAMS if p not in ("budget", "horizon")) + (
     "val_auc", "test_auc", "val_loss", "best_epoch", "pred_min", "pred_max", "pred_range", "recall",
     "epochs", "train_seconds", "samples_per_s", "peak_memory_mb",
-    "best_val_auc", "best_test_auc", "n_complete", "n_failed",
+    "best_val_auc", "best_test_auc", "n_complete", "n_failed", "n_pruned",
     "val_n_pos", "val_n_neg", "test_n_pos", "test_n_neg",
     "trial_number", "retry_of",
 )  # fmt: skip
@@ -189,6 +190,7 @@ def summary_statistics(trials: pd.DataFrame) -> dict[str, object]:
     return {
         "trials": len(trials),
         "complete": len(done),
+        "pruned": int((trials["state"] == "pruned").sum()),
         "failed": int((trials["state"] == "failed").sum()),
         "incomplete": int(trials["state"].isin(["incomplete", "running"]).sum()),
         "by_source": trials["source"].fillna("unknown").value_counts().sort_index().to_dict(),
@@ -795,8 +797,10 @@ def check_reruns(frame: pd.DataFrame, target: int = RERUN_TRIALS) -> Check:
             s = at[at["study"] == study]
             new = int((s["complete"] & (s["source"] == "hpo")).sum())
             best = max(best, new)
-            by_source = summary_statistics(s)["complete_by_source"]
-            details.append(f"{study}: {int(s['complete'].sum())} complete (" + ", ".join(f"{k} {v}" for k, v in by_source.items()) + ")")
+            stats_ = summary_statistics(s)
+            pruned = f"; {stats_['pruned']} pruned, not counted" if stats_["pruned"] else ""
+            details.append(f"{study}: {int(s['complete'].sum())} complete ("
+                           + ", ".join(f"{k} {v}" for k, v in stats_["complete_by_source"].items()) + ")" + pruned)
         ok &= best >= target
     return Check(item, "pass" if ok else "fail", "; ".join(details), tuple(details))
 

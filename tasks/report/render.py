@@ -576,6 +576,7 @@ def render_markdown(analysis: CampaignAnalysis, source: str = "", figures: dict[
     counts = {
         "trials": len(trials),
         "complete": int(trials["complete"].sum()),
+        "pruned": int((trials["state"] == "pruned").sum()),
         "failed": int((trials["state"] == "failed").sum()),
         "incomplete": int((trials["state"] == "incomplete").sum()),
         "baselines": int((runs["run_kind"] == "baseline").sum()),

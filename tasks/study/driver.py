@@ -5,7 +5,7 @@ benchmark all go through these same functions):
 - `open_study(spec, config)`: create or resume; the creator enqueues the forced extremes.
 - `run_trials(handle, execute)`: the one study loop. It claims trials (ask + sample here, in one
   sampler) and hands each trial's number to `execute`, up to `slots` at once, until the study has
-  `n_trials` complete trials, times out, or fails too often. `execute` defaults to `run_trial` in
+  `n_trials` done trials (complete, plus pruned when a pruner is on), times out, or fails too often. `execute` defaults to `run_trial` in
   this process; the flow passes a Prefect task that takes only (study name, config, number).
 - `run_trial(handle, number)`: one trial in a child process, tracked as one MLflow run.
 - `finish_study(handle)`: evaluate the best trial on test and close the study run.
@@ -13,11 +13,20 @@ benchmark all go through these same functions):
 Optuna's storage answers "how far is this study" (it is shared by every worker and survives
 restarts); each Optuna trial keeps the id of its one MLflow run (`mlflow_run_id` user attr).
 
+A study keeps what it was created with (study user attrs): its grid version, its architecture
+space (`tasks.study.space`) and its pruner; a study made before those attrs existed searched the
+categorical space without a pruner, and resumes that way.
+
 Guarantees, and how:
-- `n_trials` counts COMPLETE trials across all workers and restarts. A worker only starts a
-  trial while complete + running < n_trials, and after `ask()` it checks its claim: ordered by
-  trial number, the complete and running trials beyond the first n_trials are surplus and are
-  failed at once (reason "surplus"), so two workers racing for the last slot never overshoot.
+- `n_trials` counts done trials across all workers and restarts: COMPLETE ones, plus PRUNED ones
+  when the study has a pruner (without one there are none). A worker only starts a trial while
+  done + running < n_trials, and after `ask()` it checks its claim: ordered by trial number, the
+  done and running trials beyond the first n_trials are surplus and are failed at once (reason
+  "surplus"), so two workers racing for the last slot never overshoot.
+- Pruning (opt-in): every trial reports each epoch's val AUC to its Optuna trial; a trial the
+  pruner gives up on is stopped within one epoch (its process is terminated), told PRUNED, and
+  its MLflow run ends KILLED with state=pruned and its last epoch. The forced extremes report
+  (they are the pruner's yardstick) but are never pruned.
 - Forced extremes are enqueued by the one worker whose `create_study` succeeded (the storage
   refuses a duplicate name), so they exist exactly once however many workers start.
 - A killed worker's trial stops heart-beating; after `heartbeat_grace_s` any worker fails it,
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
 import threading
 import time
@@ -47,13 +57,14 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from models.arch_grid import Architecture, forced_extremes, get_architectures_for_budget
-from schemas.config import HpoConfig, SearchSpace, StoreConfig, StudySpec
+from models.arch_grid import Architecture, get_architectures_for_budget
+from schemas.config import HpoConfig, PrunerKind, StoreConfig, StudyConfig, StudySpec
 from schemas import tracking as T
 from schemas.trial import TrialRequest
 from tasks.data.dataset import cached_dataset
-from tasks.study import checkpoints
+from tasks.study import checkpoints, space
 from tasks.study.progress import current_progress
+from tasks.study.space import ATTR_EXTREME, ArchSpaceKind
 from tasks.tracking.datasets import log_dataset_input, prepared_dataset_entity
 from tasks.tracking.predictions import log_scores_file, scores_path
 from tasks.study.trial_process import TrialOutcome, run_trial_process
@@ -77,7 +88,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 ATTR_MLFLOW_RUN = "mlflow_run_id"
-ATTR_EXTREME = "extreme_type"
+ATTR_PRUNER = "pruner"  # study user attr: the pruner the study was created with
 ATTR_FAILURE_KIND = "failure_kind"
 ATTR_FAILURE_REASON = "failure_reason"
 SURPLUS = "surplus"
@@ -155,6 +166,8 @@ class StudyHandle:
     storage: RDBStorage
     grid: list[Architecture]
     grid_version: int
+    arch_space: ArchSpaceKind
+    pruner: PrunerKind
     client: MlflowClient
     experiment_id: str
     parent_run_id: str
@@ -167,8 +180,11 @@ class StudyHandle:
     def counts(self) -> dict[str, int]:
         trials = self.study.get_trials(deepcopy=False)
         states = [t.state for t in trials]
+        complete, pruned = states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED)
         return {
-            "complete": states.count(TrialState.COMPLETE),
+            "complete": complete,
+            "pruned": pruned,
+            "done": complete + pruned,  # what n_trials counts
             "running": states.count(TrialState.RUNNING),
             "waiting": states.count(TrialState.WAITING),
             "failed": sum(1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(ATTR_FAILURE_KIND) != SURPLUS),
@@ -180,21 +196,21 @@ class StudyHandle:
         return optuna.Trial(self.study, trial_id)
 
 
-def suggest(trial: optuna.Trial, n_archs: int, search: SearchSpace) -> dict[str, float | int]:
-    """The search space, in one place: arch_idx over the grid plus three hyperparameters. Called
-    once by the loop that claims the trial (the sampler decides) and again by whoever runs it
-    (Optuna then returns the values already drawn)."""
-    return {
-        "arch_idx": trial.suggest_categorical("arch_idx", list(range(n_archs))),
-        "learning_rate": trial.suggest_categorical("learning_rate", list(search.learning_rates)),
-        "dropout": trial.suggest_categorical("dropout", list(search.dropouts)),
-        "weight_decay": trial.suggest_categorical("weight_decay", list(search.weight_decays)),
-    }
-
-
-def _sampler(name: str, config: HpoConfig) -> optuna.samplers.BaseSampler:
+def sampler_seed(name: str, config: HpoConfig) -> int:
     # seeded per study: reproducible, and two studies (or versions) do not sample in lockstep
-    return optuna.samplers.TPESampler(seed=config.study.sampler_seed + zlib.crc32(name.encode()) % 100_000)
+    return config.study.sampler_seed + zlib.crc32(name.encode()) % 100_000
+
+
+def make_pruner(kind: PrunerKind, study: StudyConfig, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Optuna's pruner of this kind, stepping in epochs; every trial trains `prune_after_epochs`
+    epochs first. Median: stop a trial whose val AUC is below the median of the complete trials'
+    at the same epoch (once 5 have completed: the forced extremes give it that yardstick).
+    Hyperband: successive halving over brackets from prune_after_epochs to max_epochs epochs."""
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=study.prune_after_epochs)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, study.prune_after_epochs), max_resource=max_epochs)
+    return optuna.pruners.NopPruner()
 
 
 def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
@@ -202,17 +218,20 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
     client = mlflow_client(config.stores)
     storage = optuna_storage(config.stores, config, client)
     name, version = resolve_study_name(spec, storage)
+    # the sampler and pruner are set by _handle from what the study was created with
     try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(name, config), direction="maximize")
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
         created = True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(name, config))
+        study = optuna.load_study(study_name=name, storage=storage)
         created = False
     experiment_id = get_or_create_experiment(client, name, config.stores.artifact_root)
 
     if created:
         grid_version = config.study.grid_version
-        for key, value in {"budget": spec.budget, "horizon": spec.horizon, "version": version, "grid_version": grid_version}.items():
+        attrs = {"budget": spec.budget, "horizon": spec.horizon, "version": version, "grid_version": grid_version,
+                 space.ATTR_ARCH_SPACE: config.study.arch_space, ATTR_PRUNER: config.study.pruner}
+        for key, value in attrs.items():
             study.set_user_attr(key, value)
         grid = get_architectures_for_budget(spec.budget, grid_version=grid_version)
         parent_run_id = ensure_study_run(
@@ -221,13 +240,14 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
         )
         log_batch(client, parent_run_id, params={"grid_version": grid_version, "grid_size": len(grid)})
         study.set_user_attr("mlflow_parent_run_id", parent_run_id)
-        enqueue_extremes(study, grid, config.search)
+        space.enqueue_extremes(study, config.study.arch_space, grid, config.search)
         study.set_user_attr("extremes_enqueued", True)
     else:
         _wait_for_creator(study)
 
     handle = _handle(study, storage, client, experiment_id, config)
-    if handle.counts()["complete"] < config.study.n_trials:  # work to do: the study run is running again
+    _warn_if_kept(handle, config)
+    if handle.counts()["done"] < config.study.n_trials:  # work to do: the study run is running again
         client.update_run(handle.parent_run_id, status="RUNNING")
         client.set_tag(handle.parent_run_id, T.TAG_STUDY_STATE, "running")
     reconcile_runs(handle)
@@ -239,6 +259,11 @@ def _handle(study: optuna.Study, storage: RDBStorage, client: MlflowClient, expe
     attrs = study.user_attrs
     grid_version = int(attrs["grid_version"])
     spec = StudySpec.parse(study.study_name)
+    grid = get_architectures_for_budget(attrs["budget"], grid_version=grid_version)
+    arch_space = space.study_arch_space(attrs)
+    pruner = attrs.get(ATTR_PRUNER, "none")
+    study.sampler = space.make_sampler(arch_space, grid, sampler_seed(study.study_name, config))
+    study.pruner = make_pruner(pruner, config.study, config.train.max_epochs)
     _, dataset_path = cached_dataset(config.data, int(attrs["horizon"]), config.stores.cache_dir)
     return StudyHandle(
         name=study.study_name,
@@ -247,8 +272,10 @@ def _handle(study: optuna.Study, storage: RDBStorage, client: MlflowClient, expe
         config=config,
         study=study,
         storage=storage,
-        grid=get_architectures_for_budget(attrs["budget"], grid_version=grid_version),
+        grid=grid,
         grid_version=grid_version,
+        arch_space=arch_space,
+        pruner=pruner,
         client=client,
         experiment_id=experiment_id,
         parent_run_id=attrs["mlflow_parent_run_id"],
@@ -269,7 +296,7 @@ def attach_study(name: str, config: HpoConfig) -> StudyHandle:
             client = mlflow_client(config.stores)
             storage = optuna_storage(config.stores, config, client)
             try:
-                study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(name, config))
+                study = optuna.load_study(study_name=name, storage=storage)
             except KeyError:
                 raise LookupError(f"no study {name!r} in {config.stores.optuna_url}; open it first (`hpo run ...`)") from None
             experiment_id = get_or_create_experiment(client, name, config.stores.artifact_root)
@@ -289,22 +316,28 @@ def _wait_for_creator(study: optuna.Study, timeout_s: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def enqueue_extremes(study: optuna.Study, grid: list[Architecture], search: SearchSpace) -> None:
-    """Trials 0-5: min/max d_model, n_layers, n_heads, with central hyperparameters."""
-    central = search.central()
-    for extreme_type, arch in forced_extremes(grid):
-        study.enqueue_trial({"arch_idx": arch.arch_idx, **central}, user_attrs={ATTR_EXTREME: extreme_type})
+def _warn_if_kept(handle: StudyHandle, config: HpoConfig) -> None:
+    """A resumed study keeps its space and pruner (so its trials and its count stay comparable);
+    say so when this run asked for others."""
+    for what, kept, asked in (("arch_space", handle.arch_space, config.study.arch_space),
+                              ("pruner", handle.pruner, config.study.pruner)):
+        if kept != asked:
+            log.warning("%s was created with %s=%s and keeps it (this run asked for %s); "
+                        "use --fresh for a new version with %s", handle.name, what, kept, asked, asked)
 
 
 def reconcile_runs(handle: StudyHandle) -> None:
     """A worker killed between Optuna's tell and MLflow's end leaves a RUNNING MLflow run for a
     finished trial: end it with the trial's real state."""
-    for trial in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for trial in handle.study.get_trials(deepcopy=False, states=finished):
         run_id = trial.user_attrs.get(ATTR_MLFLOW_RUN)
         if not run_id or handle.client.get_run(run_id).info.status != "RUNNING":
             continue
         if trial.state == TrialState.COMPLETE:
             end_run(handle.client, run_id, "complete")
+        elif trial.state == TrialState.PRUNED:
+            end_run(handle.client, run_id, "pruned", {T.TAG_LAST_EPOCH: trial.last_step or 0})
         else:
             end_run(handle.client, run_id, "failed", {
                 T.TAG_FAILURE_KIND: trial.user_attrs.get(ATTR_FAILURE_KIND, "worker_lost"),
@@ -333,10 +366,14 @@ def log_epoch(client: MlflowClient, run_id: str, event: dict) -> None:
 
 
 def end_trial_run(client: MlflowClient, run_id: str, outcome: TrialOutcome) -> None:
-    """Close a trial's MLflow run with its outcome: final metrics, or the failure and its reason."""
+    """Close a trial's MLflow run with its outcome: final metrics, where it was pruned, or the
+    failure and its reason. A pruned run logs no final val_auc: it is no complete trial."""
     if outcome.complete:
         final = {k: outcome.result[k] for k in T.FINAL_METRICS if k in outcome.result}
         end_run(client, run_id, "complete", {T.TAG_DEVICE: outcome.result.get("device", "unknown")}, metrics=final)
+    elif outcome.pruned:
+        end_run(client, run_id, "pruned", {T.TAG_LAST_EPOCH: outcome.last_epoch},
+                metrics={"epochs": outcome.last_epoch, "train_seconds": outcome.seconds})
     else:
         reason = (outcome.reason or "")[:4000]
         end_run(client, run_id, "failed", {T.TAG_FAILURE_KIND: outcome.failure_kind or "error", T.TAG_FAILURE_REASON: reason})
@@ -350,7 +387,7 @@ TrialExecutor = Callable[[int], dict]  # trial number -> {"state", "val_auc", "f
 
 def run_trials(handle: StudyHandle, execute: TrialExecutor | None = None, poll_s: float = 2.0) -> str | None:
     """The study loop: run trials, up to `slots` at once on this worker, until the study has
-    `n_trials` complete trials; returns why it stopped early (a timeout), or None.
+    `n_trials` done trials; returns why it stopped early (a timeout), or None.
 
     Claims follow `next_trial`'s rules, so n_trials stays exact with any number of workers and
     slots. Raises StudyStopped after `failure_limit` failed trials of this run (the running ones
@@ -363,14 +400,14 @@ def run_trials(handle: StudyHandle, execute: TrialExecutor | None = None, poll_s
         def execute(number: int) -> dict:
             return run_trial(handle, number, progress)
     if progress is not None:
-        progress.study(handle.name, cfg.n_trials, handle.counts()["complete"])
+        progress.study(handle.name, cfg.n_trials, handle.counts()["done"])
     loop = _LoopState(started=time.monotonic())
     running: set[Future] = set()
     with ThreadPoolExecutor(max_workers=cfg.slots, thread_name_prefix=f"{handle.name}-slot") as slots:
         while True:
             for future in [f for f in running if f.done()]:
                 running.discard(future)
-                if future.result()["state"] != "complete":
+                if future.result()["state"] == "failed":  # a pruned trial is a result, not a failure
                     loop.failures += 1
             number = next_trial(handle, loop, block=False) if len(running) < cfg.slots else WAIT
             if number is None and not running:
@@ -405,19 +442,19 @@ def next_trial(handle: StudyHandle, loop: _LoopState, poll_s: float = 2.0, block
     while True:
         optuna.storages.fail_stale_trials(handle.study)
         counts = handle.counts()
-        if counts["complete"] >= cfg.n_trials:
+        if counts["done"] >= cfg.n_trials:
             return None
         if cfg.timeout_hours is not None and time.monotonic() - loop.started > cfg.timeout_hours * 3600:
             if loop.stop_reason is None:  # said once, though slots may poll until their trials end
-                loop.stop_reason = f"timeout after {cfg.timeout_hours:g} h at {counts['complete']}/{cfg.n_trials} trials"
-                log.warning("Timeout after %g h: stopping at %d/%d trials", cfg.timeout_hours, counts["complete"], cfg.n_trials)
+                loop.stop_reason = f"timeout after {cfg.timeout_hours:g} h at {counts['done']}/{cfg.n_trials} trials"
+                log.warning("Timeout after %g h: stopping at %d/%d trials", cfg.timeout_hours, counts["done"], cfg.n_trials)
             return None
         if loop.failures >= cfg.failure_limit:
             raise StudyStopped(
                 f"{handle.name}: {loop.failures} trials failed in this run (limit {cfg.failure_limit}); "
                 "see the failure_reason of the failed runs in MLflow, fix the cause, and run again to resume"
             )
-        if counts["complete"] + counts["running"] >= cfg.n_trials:
+        if counts["done"] + counts["running"] >= cfg.n_trials:
             if not block:
                 return WAIT
             time.sleep(poll_s)  # the last trials are running elsewhere; take over if their worker dies
@@ -429,12 +466,12 @@ def next_trial(handle: StudyHandle, loop: _LoopState, poll_s: float = 2.0, block
             trial.set_user_attr(ATTR_FAILURE_REASON, "another worker took the last slot first")
             handle.study.tell(trial, state=TrialState.FAIL)
             continue
-        suggest(trial, len(handle.grid), handle.config.search)  # the one sampler draws here
+        space.suggest(trial, handle.arch_space, handle.grid, handle.config.search)  # the one sampler draws here
         return trial.number
 
 
 def _is_surplus(handle: StudyHandle, trial: optuna.Trial) -> bool:
-    claimed = handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    claimed = handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     order = sorted(t.number for t in claimed)
     return order.index(trial.number) >= handle.config.study.n_trials
 
@@ -455,20 +492,23 @@ def run_trial(handle: StudyHandle, number: int, progress=None) -> dict:
     """Train one claimed trial in a child process, tracked as one MLflow run; never raises for
     the trial's own failures. Returns {"state", "val_auc", "failure"}."""
     trial = handle.live_trial(number)
-    hp = suggest(trial, len(handle.grid), handle.config.search)  # the values drawn when it was claimed
-    arch = handle.grid[hp["arch_idx"]]
+    arch, hp = space.suggest(trial, handle.arch_space, handle.grid, handle.config.search)  # drawn when claimed
     extreme = trial.user_attrs.get(ATTR_EXTREME, "none")
     retry_of = handle.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
     seed = handle.config.train.seed + (retry_of if retry_of is not None else number)
     train_config = handle.config.train.model_copy(update={"seed": seed})
-    trial.set_user_attr("architecture", arch.as_dict())  # one write: each attribute is a commit
+    # one write (each attribute is a commit): arch_idx and grid version whatever the space drew
+    trial.set_user_attr("architecture", {**arch.as_dict(), "grid_version": handle.grid_version})
     run_id = _start_trial_run(handle, trial, arch, hp, extreme, retry_of, train_config)
     log.info(trial_description(number, arch, hp) + (f" [forced extreme: {extreme}]" if extreme != "none" else ""))
     if progress is not None:
         progress.trial_started(handle.name, number, f"d={arch.d_model} L={arch.n_layers} h={arch.n_heads} lr={hp['learning_rate']:g}")
 
+    prune = _PruningCheck(trial, may_prune=handle.pruner != "none" and extreme == "none")
+
     def on_event(event: dict) -> None:
         log_epoch(handle.client, run_id, event)
+        prune.on_event(event)
         if progress is not None:
             progress.on_event(handle.name, number, event)
 
@@ -491,15 +531,37 @@ def run_trial(handle: StudyHandle, number: int, progress=None) -> dict:
         heartbeat=lambda: handle.storage.record_heartbeat(trial._trial_id),
         heartbeat_interval_s=handle.config.study.heartbeat_interval_s,
         stall_timeout_s=handle.config.study.stall_timeout_s,
+        should_stop=prune.should_stop,
     )
     record_outcome(handle, trial, run_id, outcome)
     if outcome.complete:
         log_scores_file(handle.client, run_id, scores_path(request.checkpoint_path, "val"))
     if progress is not None:
-        done = f"val_auc={outcome.result['val_auc']:.4f}" if outcome.complete else f"failed ({outcome.failure_kind})"
+        if outcome.complete:
+            done = f"val_auc={outcome.result['val_auc']:.4f}"
+        else:
+            done = f"pruned after epoch {outcome.last_epoch}" if outcome.pruned else f"failed ({outcome.failure_kind})"
         progress.trial_finished(handle.name, number, done)
-        progress.study(handle.name, handle.config.study.n_trials, handle.counts()["complete"])
+        progress.study(handle.name, handle.config.study.n_trials, handle.counts()["done"])
     return {"state": outcome.state, "val_auc": outcome.result.get("val_auc"), "failure": outcome.failure_kind}
+
+
+class _PruningCheck:
+    """Reports each epoch's val AUC to the trial (every trial: the extremes' values are the
+    pruner's yardstick) and, where the trial may be pruned, asks the pruner once per epoch."""
+
+    def __init__(self, trial: optuna.Trial, may_prune: bool):
+        self.trial, self.may_prune, self.stop = trial, may_prune, False
+
+    def on_event(self, event: dict) -> None:
+        if event["event"] != "epoch" or not math.isfinite(event.get("val/auc", math.nan)):
+            return
+        self.trial.report(float(event["val/auc"]), step=int(event["epoch"]))
+        if self.may_prune and not self.stop:
+            self.stop = self.trial.should_prune()
+
+    def should_stop(self) -> bool:
+        return self.stop
 
 
 def _start_trial_run(handle: StudyHandle, trial: optuna.Trial, arch: Architecture, hp: dict, extreme: str,
@@ -543,6 +605,12 @@ def record_outcome(handle: StudyHandle, trial: optuna.Trial, run_id: str, outcom
             result["epochs"], result["train_seconds"],
         )
         prune_checkpoints(handle)
+    elif outcome.pruned:
+        handle.study.tell(trial, state=TrialState.PRUNED)  # Optuna keeps the last reported val AUC as its value
+        end_trial_run(handle.client, run_id, outcome)
+        last = outcome.epochs[-1] if outcome.epochs else {}
+        log.info("Trial %d pruned after epoch %d: val_auc=%.4f", trial.number, outcome.last_epoch, last.get("val/auc", math.nan))
+        checkpoints.checkpoint_path(handle.checkpoint_dir, trial.number).unlink(missing_ok=True)  # a pruned trial saved none
     else:
         trial.set_user_attr(ATTR_FAILURE_KIND, outcome.failure_kind)
         trial.set_user_attr(ATTR_FAILURE_REASON, (outcome.reason or "")[:2000])
@@ -571,7 +639,9 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
     counts = handle.counts()
     summary: dict[str, object] = {"study": handle.name, **counts, "n_trials": handle.config.study.n_trials}
     client, parent = handle.client, handle.parent_run_id
-    if counts["complete"] < handle.config.study.n_trials:
+    if counts["done"] < handle.config.study.n_trials or not counts["complete"]:
+        if counts["done"] >= handle.config.study.n_trials:  # every done trial was pruned: nothing to select
+            stop_reason = "no complete trial to select (every trial that ran to the end failed or was pruned)"
         summary.update(state="stopped", reason=stop_reason)
         end_run(client, parent, "stopped", {T.TAG_STUDY_STATE: "stopped"})
         return summary
@@ -591,7 +661,7 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
         end_run(client, parent, "failed", {T.TAG_STUDY_STATE: "evaluation_failed", T.TAG_FAILURE_REASON: reason})
         raise
     summary.update(best_test_auc=test_auc, model_version=version)
-    metrics = dict(zip(T.STUDY_METRICS, (best.value, test_auc, counts["complete"], counts["failed"])))
+    metrics = dict(zip(T.STUDY_METRICS, (best.value, test_auc, counts["complete"], counts["failed"], counts["pruned"])))
     end_run(client, parent, "complete", metrics=metrics, tags={
         T.TAG_BEST_TRIAL: str(best.number),
         T.TAG_BEST_RUN_ID: best.user_attrs.get(ATTR_MLFLOW_RUN, ""),
@@ -608,7 +678,7 @@ def evaluate_on_test(handle: StudyHandle, best: FrozenTrial) -> tuple[float, str
     version of its registered model. Raises CheckpointMissing or EvaluationFailed."""
     run_id = best.user_attrs.get(ATTR_MLFLOW_RUN)
     checkpoint = checkpoints.fetch(handle.client, run_id, best.number, handle.checkpoint_dir)
-    arch = handle.grid[best.params["arch_idx"]]
+    arch = space.trial_architecture(handle.arch_space, handle.grid, best.params)
     outcome = run_trial_process(
         TrialRequest(
             mode="evaluate",

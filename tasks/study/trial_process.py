@@ -1,7 +1,9 @@
 """Run one trial in a child process and turn whatever happens into a TrialOutcome.
 
 The driver keeps the study's heartbeat alive while it waits, forwards per-epoch events, and
-kills a child that stops reporting for `stall_timeout_s`. A child that dies (segfault, the
+kills a child that stops reporting for `stall_timeout_s`. When `should_stop` says so after an
+event (the pruner gave up on the trial), the child is terminated at once, so it trains at most
+the epoch it had begun: the outcome is "pruned", with the epochs it reported. A child that dies (segfault, the
 kernel's OOM killer, an exception) is a failed trial with its exit status and the tail of its
 stderr as the reason; the driver itself never raises because of a trial.
 """
@@ -27,9 +29,14 @@ from schemas.trial import EVENT_PREFIX, TrialRequest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+# A terminated child gets this long to exit before it is killed (it holds no file open for
+# writing mid-epoch: its checkpoint is written only after the last epoch).
+TERMINATE_GRACE_S = 10.0
+
+
 @dataclass
 class TrialOutcome:
-    state: str  # "complete" | "failed"
+    state: str  # "complete" | "failed" | "pruned"
     result: dict = field(default_factory=dict)
     failure_kind: str | None = None  # diverged | oom | crashed | hung | error
     reason: str | None = None
@@ -39,6 +46,15 @@ class TrialOutcome:
     @property
     def complete(self) -> bool:
         return self.state == "complete"
+
+    @property
+    def pruned(self) -> bool:
+        return self.state == "pruned"
+
+    @property
+    def last_epoch(self) -> int:
+        """The last epoch the trial reported (0 before its first)."""
+        return int(self.epochs[-1]["epoch"]) if self.epochs else 0
 
 
 def _describe_exit(code: int) -> str:
@@ -62,8 +78,10 @@ def run_trial_process(
     heartbeat: Callable[[], None] | None = None,
     heartbeat_interval_s: float = 30.0,
     stall_timeout_s: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrialOutcome:
-    """Start `python -m tasks.study.trial_worker`, follow it to the end, never raise for its failures."""
+    """Start `python -m tasks.study.trial_worker`, follow it to the end (or until `should_stop`
+    after an event), never raise for its failures."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hpo-trial-") as tmp:
         request_path = Path(tmp) / "request.json"
@@ -81,7 +99,7 @@ def run_trial_process(
                 cwd=REPO_ROOT,
             )
             try:
-                outcome = _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s)
+                outcome = _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, should_stop)
             except BaseException:  # Ctrl-C or a driver error: leave no orphan behind
                 child.kill()
                 child.wait()
@@ -98,7 +116,17 @@ def run_trial_process(
     return outcome
 
 
-def _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s) -> TrialOutcome | None:
+def _terminate(child: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after TERMINATE_GRACE_S; returns once the child is gone."""
+    child.terminate()
+    try:
+        child.wait(timeout=TERMINATE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, should_stop) -> TrialOutcome | None:
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True).start()
     epochs: list[dict] = []
@@ -130,6 +158,9 @@ def _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s) -
                 final = TrialOutcome(state="failed", failure_kind=event["kind"], reason=event["reason"], epochs=epochs)
             if on_event:
                 on_event({"event": kind, **event})
+            if final is None and should_stop is not None and should_stop():
+                _terminate(child)
+                return TrialOutcome(state="pruned", result=dict(epochs[-1]) if epochs else {}, epochs=epochs)
         elif stall_timeout_s is not None and now - last_progress > stall_timeout_s:
             child.kill()
             child.wait()

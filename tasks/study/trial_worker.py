@@ -56,6 +56,10 @@ def _train(request: TrialRequest) -> int:
     emit("ready")
     if fault == "nan":
         data.features[:] = float("nan")  # the real divergence check must catch it
+    if fault == "noise":
+        import numpy as np
+
+        data.features[:] = np.random.default_rng(request.trial_number).standard_normal(data.features.shape)
     arch = request.arch
 
     def on_epoch(metrics: dict[str, float]) -> None:
