@@ -107,10 +107,11 @@ class Surface:
 def sampler_for(method: str, grid: list[Architecture], seed: int, startup: int | None, candidates: int | None):
     if method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if method == "factored" and (startup is not None or candidates is not None):
-        return space.InBandTPESampler(grid, seed=seed, n_startup_trials=startup or space.FACTORED_STARTUP_TRIALS,
-                                      n_ei_candidates=candidates or space.FACTORED_EI_CANDIDATES)
-    return space.make_sampler(method, grid, seed)
+    if startup is None and candidates is None:
+        return space.make_sampler(method, grid, seed)  # what a study uses
+    tpe = {"seed": seed, "n_startup_trials": startup or space.FACTORED_STARTUP_TRIALS,
+           "n_ei_candidates": candidates or space.FACTORED_EI_CANDIDATES}
+    return space.InBandTPESampler(grid, **tpe) if method == "factored" else optuna.samplers.TPESampler(**tpe)
 
 
 def trials_to_target(method: str, grid: list[Architecture], seed: int, max_trials: int,
@@ -145,8 +146,8 @@ def main() -> None:
     parser.add_argument("--seed-offset", type=int, default=0, help="surfaces and samplers of seeds offset..offset+seeds-1")
     parser.add_argument("--max-trials", type=int, default=200)
     parser.add_argument("--methods", nargs="+", default=["factored", "categorical", "random"])
-    parser.add_argument("--startup", type=int, nargs="*", default=[], help="sweep: factored n_startup_trials values")
-    parser.add_argument("--candidates", type=int, nargs="*", default=[], help="sweep: factored n_ei_candidates values")
+    parser.add_argument("--startup", type=int, nargs="*", default=[], help="sweep: TPE n_startup_trials values (both TPE methods)")
+    parser.add_argument("--candidates", type=int, nargs="*", default=[], help="sweep: TPE n_ei_candidates values (both TPE methods)")
     args = parser.parse_args()
 
     load = " load average %.1f %.1f %.1f" % os.getloadavg()
@@ -161,20 +162,21 @@ def main() -> None:
         shares = [float(np.mean(values >= values.max() - TOLERANCE)) for values in surfaces]
         print(f"\n{budget}: {len(grid)} grid entries x {len(SEARCH.learning_rates) * len(SEARCH.dropouts) * len(SEARCH.weight_decays)} "
               f"hyperparameter combinations; share of the space within {TOLERANCE} of the best: median {statistics.median(shares):.4f}")
-        medians: dict[str, float] = {}
-        for method in args.methods:
-            for startup, candidates in (sweep if method == "factored" else [(None, None)]):
-                label = method + (f" startup={startup or space.FACTORED_STARTUP_TRIALS} candidates="
-                                  f"{candidates or space.FACTORED_EI_CANDIDATES}" if method == "factored" and sweep != [(None, None)] else "")
+        medians: dict[tuple[str, str], float] = {}
+        for setting in sweep:
+            tag = "" if setting == (None, None) else f"startup={setting[0] or space.FACTORED_STARTUP_TRIALS} candidates={setting[1] or space.FACTORED_EI_CANDIDATES}"
+            for method in args.methods:
+                if method == "random" and setting != sweep[0]:
+                    continue  # random search has no settings
                 started = time.perf_counter()
-                counts = [trials_to_target(method, grid, seed, args.max_trials, startup, candidates) for seed in seeds]
-                medians[label] = float(np.median(counts))
-                print(f"  {label:<42} {summarise(counts, args.max_trials)}   ({time.perf_counter() - started:.0f} s)")
-        factored = [k for k in medians if k.startswith("factored")]
-        for label in factored:
-            for other in ("categorical", "random"):
-                if other in medians:
-                    print(f"  {other} / {label}: {medians[other] / medians[label]:.2f}x trials")
+                counts = [trials_to_target(method, grid, seed, args.max_trials, *setting) for seed in seeds]
+                medians[(method, tag if method != "random" else "")] = float(np.median(counts))
+                print(f"  {method:<12} {tag:<28} {summarise(counts, args.max_trials)}   ({time.perf_counter() - started:.0f} s)", flush=True)
+            factored = medians.get(("factored", tag))
+            if factored:
+                for other, other_tag in (("categorical", tag), ("random", "")):
+                    if (other, other_tag) in medians:
+                        print(f"  {other} / factored {tag}: {medians[(other, other_tag)] / factored:.2f}x trials")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def test_a_study_keeps_its_space_and_old_studies_are_categorical():
     with pytest.raises(ValueError, match="arch_space='nested'.*--fresh"):
         space.study_arch_space({"arch_space": "nested"})
     with pytest.raises(LookupError, match="not in this grid"):
-        space.FactoredGrid(get_architectures_for_budget("2M")).find({"d_model": 48, "n_layers": 64, "n_heads": 2, "d_ff_ratio": 4})
+        space.FactoredGrid(get_architectures_for_budget("2M")).find({"d_model": 160, "n_layers": 64, "n_heads": 2, "d_ff_ratio": 4})
 
 
 # ----------------------------------------------------------------------------- counting with pruned trials
