@@ -126,3 +126,29 @@ def test_a_claim_beyond_n_trials_counting_pruned_is_surplus(tmp_path: Path):
     other = handle.study.ask()  # another worker's claim of the last slot, not yet drawn
     mine = handle.study.ask()
     assert not _is_surplus(handle, other) and _is_surplus(handle, mine)
+
+
+@pytest.mark.parametrize("kind", ["none", "median", "hyperband"])
+def test_pruners_step_in_epochs_and_stop_only_the_worse_trials(kind: str):
+    """30 simulated trials of 8 epochs whose val AUC is their quality plus a little per epoch: a
+    pruner stops some, each below the best complete trial; without one, none is stopped."""
+    from random import Random
+
+    from tasks.study.driver import make_pruner
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(kind, StudyConfig(), max_epochs=8))
+    rng, pruned = Random(0), []
+    for _ in range(30):
+        trial, quality = study.ask(), rng.uniform(0.5, 0.8)
+        for epoch in range(1, 9):
+            trial.report(quality + 0.002 * epoch, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                pruned.append((quality, epoch))
+                break
+        else:
+            study.tell(trial, quality + 0.016)
+    if kind == "none":
+        assert not pruned
+    else:
+        assert len(pruned) >= 5 and all(q + 0.016 < study.best_value for q, _ in pruned)
