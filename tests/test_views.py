@@ -47,3 +47,15 @@ def test_artifact_keys_and_mlflow_links():
 
 def test_a_study_with_no_trials_has_an_empty_table():
     assert trials_table(optuna.create_study().get_trials(), GRID) == []
+
+
+def test_the_trials_table_reads_factored_trials_too():
+    from tasks.study import space
+
+    arch = GRID[5]
+    distributions = {d: dist for d, dist in space.FactoredGrid(GRID).distributions.items()}
+    params = {d: getattr(arch, d) for d in distributions}
+    trials = [create_trial(params=params, distributions=distributions, value=0.7), create_trial(state=TrialState.RUNNING)]
+    trials[1].number = 1
+    rows = trials_table(trials, GRID)
+    assert rows[0]["params"] == arch.params and rows[1]["params"] is None

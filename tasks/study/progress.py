@@ -17,6 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tasks.study import space
+
 _current: ContextVar[TrialProgress | None] = ContextVar("hpo_progress", default=None)
 
 
@@ -81,6 +83,16 @@ STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", Trial
                TrialState.WAITING: "waiting", TrialState.PRUNED: "pruned"}
 
 
+def _architecture(trial: FrozenTrial, grid: list[Architecture]) -> Architecture | None:
+    """The trial's grid entry, whichever space drew it (categorical: arch_idx; factored: its
+    dimensions); None before it has one."""
+    kind = "categorical" if "arch_idx" in trial.params else "factored"
+    try:
+        return space.trial_architecture(kind, grid, trial.params)
+    except (KeyError, LookupError):
+        return None
+
+
 def trials_table(trials: list[FrozenTrial], grid: list[Architecture]) -> list[dict[str, object]]:
     """One row per trial that ran or runs, in trial order: number, state, val AUC, architecture,
     hyperparameters. Val AUC comes before the wide columns: the UI's table scrolls sideways.
@@ -89,7 +101,7 @@ def trials_table(trials: list[FrozenTrial], grid: list[Architecture]) -> list[di
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.state == TrialState.WAITING:
             continue
-        arch = grid[trial.params["arch_idx"]] if "arch_idx" in trial.params else None
+        arch = _architecture(trial, grid)
         rows.append({
             "trial": trial.number,
             "state": STATE_NAMES.get(trial.state, trial.state.name.lower()),

@@ -89,8 +89,9 @@ class FactoredGrid:
         return self.grid[int(self.nearest_indices(row)[0])]
 
     def find(self, params: Mapping[str, float]) -> Architecture:
-        """The grid entry with exactly these dimension values; a clear error when there is none."""
-        key = tuple(int(params[d]) if d in params else self.distributions[d].low for d in ARCH_PARAMS)
+        """The grid entry with exactly these dimension values (KeyError when a drawn dimension is
+        missing); a clear error when there is none."""
+        key = tuple(int(params[d]) if d in self.free or d in params else self.distributions[d].low for d in ARCH_PARAMS)
         for arch in self.grid:
             if (arch.d_model, arch.n_layers, arch.n_heads, arch.d_ff_ratio) == key:
                 return arch
