@@ -67,7 +67,9 @@ def test_finishing_without_the_best_weights_fails_and_a_rerun_with_them_register
     from tasks.study.driver import finish_study, open_study
     from tasks.training.trainer import build_model
 
-    config = smoke_config.model_copy(update={"study": smoke_config.study.model_copy(update={"n_trials": 1})})
+    # categorical: the trial added below is drawn over arch_idx, as its params say
+    study = smoke_config.study.model_copy(update={"n_trials": 1, "arch_space": "categorical"})
+    config = smoke_config.model_copy(update={"study": study})
     handle = open_study(StudySpec(budget="smoke", horizon=1), config)
     client = handle.client
     run_id = _trial_run(client, handle.experiment_id, 99)
