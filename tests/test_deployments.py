@@ -188,7 +188,7 @@ def clean_copy(destination: Path) -> Path:
         source = REPO / name
         if source.is_file():  # a tracked file deleted in the working tree is not copied
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
+            shutil.copy2(source, destination / name, follow_symlinks=False)  # prefect.yaml stays a link
     return destination
 
 
