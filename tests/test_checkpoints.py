@@ -109,3 +109,14 @@ def test_finishing_without_the_best_weights_fails_and_a_rerun_with_them_register
     version = client.get_model_version("smoke_h1", summary["model_version"])
     assert version.tags["best_trial"] == str(number) and version.tags["arch_idx"] == str(arch.arch_idx)
     assert not handle.checkpoint_dir.exists(), "the finishing worker keeps no weights"
+
+    # Finished: a rerun evaluates nothing. A study finished by a version that logged no test scores
+    # (the tag is gone) is evaluated again, so the report's fill command (`hpo run ... --version N`) works.
+    tag = T.predictions_tag("test")
+    assert client.get_run(run_id).data.tags[tag]
+    assert "model_version" not in finish_study(handle)  # the shortcut: no evaluation, no model logged
+    client.delete_tag(run_id, tag)
+    again = finish_study(handle)
+    assert again["best_test_auc"] == pytest.approx(summary["best_test_auc"], abs=1e-6)
+    assert client.get_run(run_id).data.tags[tag]
+    assert again["model_version"] == summary["model_version"]  # the registered version is reused

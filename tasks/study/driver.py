@@ -74,6 +74,7 @@ from tasks.tracking.runs import (
     get_or_create_experiment,
     log_batch,
     mlflow_client,
+    sqlite_first_use,
     start_run,
     worker_name,
 )
@@ -117,13 +118,14 @@ def optuna_storage(stores: StoreConfig, study: HpoConfig | None = None, client: 
 
     url = stores.optuna_url
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=cfg.heartbeat_interval_s,
-        grace_period=cfg.heartbeat_grace_s,
-        heartbeat_stale_trial_callback=on_stale,
-    )
+    with sqlite_first_use(url):  # Optuna creates a new SQLite store's tables here
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=cfg.heartbeat_interval_s,
+            grace_period=cfg.heartbeat_grace_s,
+            heartbeat_stale_trial_callback=on_stale,
+        )
 
 
 def existing_versions(storage: RDBStorage, spec: StudySpec) -> list[int]:
@@ -649,8 +651,10 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
     best = handle.study.best_trial
     summary.update(state="complete", best_trial=best.number, best_val_auc=best.value)
     recorded = client.get_run(parent).data
-    if recorded.tags.get(T.TAG_STUDY_STATE) == "complete" and recorded.tags.get(T.TAG_BEST_TRIAL) == str(best.number):
-        # finished before (a campaign resuming, or a second worker): nothing new to evaluate
+    if (recorded.tags.get(T.TAG_STUDY_STATE) == "complete" and recorded.tags.get(T.TAG_BEST_TRIAL) == str(best.number)
+            and _has_test_scores(client, best)):  # fmt: skip
+        # finished before (a campaign resuming, or a second worker): nothing new to evaluate. A study
+        # finished by a version that logged no test scores is evaluated again: the report needs them.
         summary["best_test_auc"] = recorded.metrics.get("best_test_auc")
         checkpoints.remove_local(handle.checkpoint_dir)
         return summary
@@ -671,6 +675,11 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
     })
     checkpoints.remove_local(handle.checkpoint_dir)
     return summary
+
+
+def _has_test_scores(client: MlflowClient, best: FrozenTrial) -> bool:
+    run_id = best.user_attrs.get(ATTR_MLFLOW_RUN)
+    return bool(run_id) and bool(client.get_run(run_id).data.tags.get(T.predictions_tag("test")))
 
 
 def evaluate_on_test(handle: StudyHandle, best: FrozenTrial) -> tuple[float, str]:
@@ -698,7 +707,11 @@ def evaluate_on_test(handle: StudyHandle, best: FrozenTrial) -> tuple[float, str
             f"{outcome.reason}; fix the cause and run the study again to retry it"
         )
     test_auc = outcome.result["auc"]
-    log_scores_file(handle.client, run_id, scores_path(checkpoint, "test"))
+    if not log_scores_file(handle.client, run_id, scores_path(checkpoint, "test")):
+        raise EvaluationFailed(
+            f"{handle.name}: the test scores of trial {best.number} could not be logged on run {run_id} (see the "
+            "warning above); the report's test verdict needs them: run the study again to retry"
+        )
     entry = {"val_auc": best.value, "test_auc": test_auc, "best_trial": best.number, "trial_run_id": run_id,
              "budget": handle.spec.budget, "horizon": handle.spec.horizon, "grid_version": handle.grid_version,
              **arch.as_dict()}

@@ -8,6 +8,7 @@ tags come from `schemas.tracking`."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -33,9 +34,37 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+_READY_SQLITE: set[str] = set()
+
+
+@contextmanager
+def sqlite_first_use(url: str):
+    """Serialise the first use of a SQLite store across processes on this machine. MLflow and
+    Optuna create (MLflow also migrates) a SQLite store's tables on first use; two processes doing
+    it at once, as two study flow runs a worker starts together on a fresh store do, collide
+    ("table _alembic_tmp_tags already exists"). Other URLs, and later uses, pass straight through."""
+    if not url.startswith("sqlite:///") or url in _READY_SQLITE:
+        yield
+        return
+    database = Path(url.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".init-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+            _READY_SQLITE.add(url)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def mlflow_client(stores: StoreConfig) -> MlflowClient:
     stores.root.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=stores.mlflow_uri)
+    if stores.mlflow_uri in _READY_SQLITE:
+        return MlflowClient(tracking_uri=stores.mlflow_uri)
+    with sqlite_first_use(stores.mlflow_uri):  # a new store is created and migrated here, one process at a time
+        client = MlflowClient(tracking_uri=stores.mlflow_uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def serves_artifacts(client: MlflowClient) -> bool:
