@@ -30,3 +30,32 @@ def test_processes_opening_a_fresh_store_together_all_succeed(tmp_path: Path) ->
         with context.Pool(n) as pool:
             results = pool.starmap(_open_both, [(str(tmp_path / "mlruns"), barrier)] * n)
     assert results == ["2 0"] * n  # Default and "race"; no Optuna study yet; no process failed
+
+
+class _RacingClient:
+    """Loses the first write to another worker writing the same tag, as MLflow's SQL store does."""
+
+    def __init__(self, error: str) -> None:
+        self.error, self.calls = error, 0
+
+    def set_tag(self, run_id, key, value) -> None:
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        if self.calls == 1:
+            raise MlflowException(self.error)
+
+
+def test_a_tag_written_by_two_workers_at_once_is_written_once_more() -> None:
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    from tasks.tracking.runs import set_tag
+
+    raced = _RacingClient('BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "tag_pk"')
+    set_tag(raced, "run", "study_state", "running")
+    assert raced.calls == 2
+    broken = _RacingClient("RESOURCE_DOES_NOT_EXIST: run not found")
+    with pytest.raises(MlflowException, match="not found"):
+        set_tag(broken, "run", "study_state", "running")
+    assert broken.calls == 1

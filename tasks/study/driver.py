@@ -74,6 +74,7 @@ from tasks.tracking.runs import (
     get_or_create_experiment,
     log_batch,
     mlflow_client,
+    set_tag,
     sqlite_first_use,
     start_run,
     worker_name,
@@ -251,7 +252,7 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
     _warn_if_kept(handle, config)
     if handle.counts()["done"] < config.study.n_trials:  # work to do: the study run is running again
         client.update_run(handle.parent_run_id, status="RUNNING")
-        client.set_tag(handle.parent_run_id, T.TAG_STUDY_STATE, "running")
+        set_tag(client, handle.parent_run_id, T.TAG_STUDY_STATE, "running")
     reconcile_runs(handle)
     return handle
 

@@ -100,11 +100,35 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pat
         return found.experiment_id
 
 
+def _is_duplicate_key(exc: MlflowException) -> bool:
+    text = str(exc)
+    return "UniqueViolation" in text or "UNIQUE constraint failed" in text or "Duplicate entry" in text
+
+
+def _once_more_on_a_tag_race(call):
+    """Run `call`, and once more when it lost a race with another worker writing the same tag of
+    the same run: MLflow's SQL store inserts a new tag without a lock, so the second of two
+    simultaneous writers gets a unique-key violation (seen with two workers opening one study on
+    PostgreSQL); the row exists by then and the retry updates it."""
+    try:
+        return call()
+    except MlflowException as exc:
+        if not _is_duplicate_key(exc):
+            raise
+        return call()
+
+
+def set_tag(client: MlflowClient, run_id: str, key: str, value: object) -> None:
+    """`client.set_tag`, safe when another worker sets the same tag at the same moment."""
+    _once_more_on_a_tag_race(lambda: client.set_tag(run_id, key, str(value)))
+
+
 def log_batch(client: MlflowClient, run_id: str, params: dict | None = None, metrics: dict | None = None,
               tags: dict | None = None, step: int = 0) -> None:
-    """One round trip for params, metrics and tags; non-finite metrics are skipped, not fatal."""
+    """One round trip for params, metrics and tags; non-finite metrics are skipped, not fatal;
+    safe when another worker writes the same tag at the same moment."""
     now = int(time.time() * 1000)
-    client.log_batch(
+    _once_more_on_a_tag_race(lambda: client.log_batch(
         run_id,
         metrics=[
             Metric(k, float(v), now, step)
@@ -113,7 +137,7 @@ def log_batch(client: MlflowClient, run_id: str, params: dict | None = None, met
         ],
         params=[Param(k, str(v)) for k, v in (params or {}).items()],
         tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-    )
+    ))
 
 
 def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
