@@ -81,6 +81,12 @@ def build_config(
     )
 
 
+def with_train_options(config: HpoConfig, **options: object) -> HpoConfig:
+    """The config with the training flags the user gave (None: not given, the config's value stays)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return config.model_copy(update={"train": config.train.model_copy(update=given)})
+
+
 @app.command()
 def grid(
     budget: Annotated[str, typer.Argument(help="smoke, 2M, 20M, 200M or 2B")],
@@ -118,7 +124,7 @@ def train(
 
     spec = StudySpec(budget=budget, horizon=horizon)
     base = build_config(root, data)
-    config = base.model_copy(update={"train": base.train.model_copy(update={"max_epochs": max_epochs})})
+    config = with_train_options(base, max_epochs=max_epochs)
     arch = get_architectures_for_budget(spec.budget)[arch_idx]
     prepared, _ = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     console.print(f"training {arch} on {prepared.summary()}")
@@ -206,8 +212,7 @@ def run(
 
     base = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, timeout_hours=timeout_hours,
                         slots=slots, pruner=pruner, arch_space=arch_space)
-    train_update = {k: v for k, v in {"device": device, "max_epochs": max_epochs}.items() if v is not None}
-    config = base.model_copy(update={"train": base.train.model_copy(update=train_update)})
+    config = with_train_options(base, device=device, max_epochs=max_epochs)
     try:
         specs = [StudySpec(budget=budget, horizon=h, version=version, fresh=fresh) for h in horizons]
     except ValueError as exc:
@@ -387,8 +392,7 @@ def retrain(
     from tasks.study.retrain import RetrainRefused
 
     base = build_config(root, data, None, tracking_uri, config_file)
-    train_update = {k: v for k, v in {"device": device, "max_epochs": max_epochs}.items() if v is not None}
-    config = base.model_copy(update={"train": base.train.model_copy(update=train_update)})
+    config = with_train_options(base, device=device, max_epochs=max_epochs)
     _configure_logging()
     try:
         results = retrain_flow(trials=[f"{study} {t}" for t in trials], config=config)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from models.arch_grid import BUDGET_BANDS, CURRENT_GRID_VERSION, Architecture, count_parameters, find_arch_idx
+from models.arch_grid import CURRENT_GRID_VERSION, Architecture, explicit_architecture
 from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
@@ -78,16 +78,7 @@ def recorded_architecture(run: Run) -> tuple[str, Architecture, dict[str, float]
         )
     budget = params["budget"]
     d_model, n_layers, n_heads, d_ff = (int(float(params[k])) for k in ("d_model", "n_layers", "n_heads", "d_ff"))
-    idx = find_arch_idx(budget, d_model, n_layers, n_heads, d_ff) if budget in BUDGET_BANDS else None
-    arch = Architecture(
-        arch_idx=-1 if idx is None else idx,
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        d_ff=d_ff,
-        d_ff_ratio=d_ff // d_model,
-        params=count_parameters(d_model, n_layers, d_ff),
-    )
+    arch = explicit_architecture(budget, d_model, n_layers, n_heads, d_ff)
     return budget, arch, {k: float(params[k]) for k in T.HPARAMS}
 
 

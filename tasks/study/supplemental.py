@@ -16,9 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from models.arch_grid import (
     CURRENT_GRID_VERSION,
-    Architecture,
     ArchitectureOutOfBudget,
-    find_arch_idx,
+    explicit_architecture,
     validate_architecture,
 )
 from schemas import tracking as T
@@ -187,16 +186,7 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
     if _existing(client, experiment_id, entry.id):
         return SupplementalResult(study, entry.id, "skipped", "already complete")
 
-    arch_idx = find_arch_idx(spec.budget, entry.d_model, entry.n_layers, entry.n_heads, entry.d_ff)
-    arch = Architecture(
-        arch_idx=-1 if arch_idx is None else arch_idx,
-        d_model=entry.d_model,
-        n_layers=entry.n_layers,
-        n_heads=entry.n_heads,
-        d_ff=entry.d_ff,
-        d_ff_ratio=entry.d_ff // entry.d_model,
-        params=params,
-    )
+    arch = explicit_architecture(spec.budget, entry.d_model, entry.n_layers, entry.n_heads, entry.d_ff)
     seed = config.train.seed
     parent = ensure_study_run(
         client, experiment_id, study=study, budget=spec.budget, horizon=spec.horizon,
