@@ -60,6 +60,7 @@ from models.arch_grid import (
 )
 from schemas.config import SearchSpace, StudySpec
 from schemas.tracking import ARCH_PARAMS, HPARAMS, PREDICTION_SPLITS, TRIAL_PARAMS, predictions_tag
+from tasks.report.stats import DifferenceInterval
 from tasks.report.verdicts import HorizonVerdict, horizon_verdict
 
 COLLAPSE_PRED_RANGE = 0.05
@@ -549,18 +550,10 @@ def auc_interval(run: pd.Series, pool: pd.DataFrame, counts: tuple[float, float]
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(DifferenceInterval):
     diff: float
     se: float
     verdict: Verdict
-
-    @property
-    def low(self) -> float:
-        return self.diff - Z95 * self.se
-
-    @property
-    def high(self) -> float:
-        return self.diff + Z95 * self.se
 
 
 def compare_aucs(a: Interval, b: Interval) -> Comparison:

@@ -506,27 +506,23 @@ def _params(count: float) -> str:
     return f"{count / scale:.3g}{suffix}"
 
 
+def _paired_row(first: str, second: str, p, words: dict[str, str]) -> list[object]:
+    """One paired comparison's row: the two names, Δ, CI, p, Holm p and the verdict in words."""
+    if p.test is None:
+        return [first, second, "n/a", "n/a", "n/a", "n/a", f"undetermined: {p.note}"]
+    return [first, second, f"{p.test.diff:+.4f}", _signed_ci(p.test), _p(p.test.p_value), _p(p.p_holm),
+            words.get(p.verdict, p.verdict)]  # fmt: skip
+
+
 def test_pair_rows(h: HorizonAnalysis) -> list[list[object]]:
-    rows = []
-    for p in h.test.pairs:
-        if p.test is None:
-            rows.append([p.b, p.a, "n/a", "n/a", "n/a", "n/a", f"undetermined: {p.note}"])
-            continue
-        rows.append([p.b, p.a, f"{p.test.diff:+.4f}", _signed_ci(p.test), _p(p.test.p_value), _p(p.p_holm),
-                     _PAIR_WORDS.get(p.verdict, p.verdict)])  # fmt: skip
-    return rows
+    """Smaller budget, larger budget, then the comparison of larger - smaller."""
+    return [_paired_row(p.b, p.a, p, _PAIR_WORDS) for p in h.test.pairs]
 
 
 def test_baseline_rows(h: HorizonAnalysis) -> list[list[object]]:
+    """Budget, baseline, then the comparison of budget - baseline."""
     words = {"higher": "beats the baseline", "lower": "below the baseline"}
-    rows = []
-    for p in h.test.vs_baseline:
-        if p.test is None:
-            rows.append([p.a, p.b, "n/a", "n/a", "n/a", "n/a", f"undetermined: {p.note}"])
-            continue
-        rows.append([p.a, p.b, f"{p.test.diff:+.4f}", _signed_ci(p.test), _p(p.test.p_value), _p(p.p_holm),
-                     words.get(p.verdict, p.verdict)])  # fmt: skip
-    return rows
+    return [_paired_row(p.a, p.b, p, words) for p in h.test.vs_baseline]
 
 
 def fit_sentence(h: HorizonAnalysis) -> str:

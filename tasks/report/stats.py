@@ -47,8 +47,23 @@ def delong(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return aucs, cov
 
 
+class DifferenceInterval:
+    """The 95% interval of a difference `diff` with standard error `se` (a dataclass mixin)."""
+
+    diff: float
+    se: float
+
+    @property
+    def low(self) -> float:
+        return self.diff - Z95 * self.se
+
+    @property
+    def high(self) -> float:
+        return self.diff + Z95 * self.se
+
+
 @dataclass(frozen=True)
-class PairedAUC:
+class PairedAUC(DifferenceInterval):
     """AUC(a) - AUC(b) on the same windows."""
 
     auc_a: float
@@ -59,13 +74,6 @@ class PairedAUC:
     n_pos: int
     n_neg: int
 
-    @property
-    def low(self) -> float:
-        return self.diff - Z95 * self.se
-
-    @property
-    def high(self) -> float:
-        return self.diff + Z95 * self.se
 
 
 def paired_delong(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> PairedAUC:
