@@ -52,6 +52,13 @@ FINAL_METRICS: tuple[str, ...] = (
     "samples_per_s",
     "peak_memory_mb",
 )
+# Where a trial's wall time went (seconds), logged on its run when it ends; bench/trial_split.py
+# tabulates them. trial = process + orchestration (Optuna, MLflow, checkpoints, in the driver);
+# process = startup + setup + train_steps + eval + finish + process_other (exit, unaccounted).
+TIME_METRICS: tuple[str, ...] = (
+    "time/trial_s", "time/process_s", "time/orchestration_s", "time/startup_s", "time/setup_s",
+    "time/train_steps_s", "time/eval_s", "time/finish_s", "time/process_other_s",
+)
 # On the study (parent) run when the study completes.
 STUDY_METRICS: tuple[str, ...] = ("best_val_auc", "best_test_auc", "n_complete", "n_failed", "n_pruned")
 

@@ -80,6 +80,13 @@ def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoCo
         assert {"val_auc", "pred_range", "recall", "epochs", "train_seconds", "samples_per_s"} <= set(run.data.metrics)
         assert run.data.tags[T.TAG_STATE] == "complete" and run.data.tags[T.TAG_SOURCE] == "hpo"
         assert run.info.run_name == f"smoke_h1 #{run.data.tags[T.TAG_TRIAL_NUMBER]}"
+    for run in runs:  # where each trial's wall time went: every phase, adding up to the trial
+        split = {k: v for k, v in run.data.metrics.items() if k.startswith("time/")}
+        assert set(split) == set(T.TIME_METRICS) and min(split.values()) >= 0
+        assert split["time/startup_s"] > 0 and split["time/train_steps_s"] > 0 and split["time/eval_s"] > 0
+        assert split["time/trial_s"] == pytest.approx(split["time/process_s"] + split["time/orchestration_s"])
+        in_process = [k for k in T.TIME_METRICS if k not in ("time/trial_s", "time/process_s", "time/orchestration_s")]
+        assert sum(split[k] for k in in_process) == pytest.approx(split["time/process_s"], abs=0.01)
     for number, (extreme, arch) in enumerate(forced_extremes(grid)):
         run = by_number[number]
         assert run.data.tags[T.TAG_EXTREME_TYPE] == extreme
@@ -161,6 +168,9 @@ def test_diverged_oom_and_crashed_trials_fail_with_reason_and_study_completes(sm
     failed = trial_runs(config.stores, "smoke_h3", "FAILED")
     assert {r.data.tags[T.TAG_FAILURE_KIND] for r in failed} == {"diverged", "oom", "crashed"}
     assert all(r.data.tags[T.TAG_FAILURE_REASON] for r in failed)
+    for run in failed:  # a failed trial's wall time is logged, but no in-process split it did not measure
+        assert {"time/trial_s", "time/process_s", "time/orchestration_s"} <= set(run.data.metrics)
+        assert "time/train_steps_s" not in run.data.metrics
     assert_exactly_complete(config.stores, "smoke_h3", 4)
 
 

@@ -79,6 +79,7 @@ def test_the_result_reports_what_the_run_did(trained):
     assert result.pred_range == pytest.approx(result.pred_max - result.pred_min)
     assert 0 <= result.recall <= 1
     assert result.train_seconds > 0 and result.samples_per_s > 0 and result.peak_memory_mb > 0
+    assert result.setup_seconds > 0 and result.eval_seconds > 0
     assert result.batch_size == 128 and result.device == "cpu"
     assert math.isfinite(result.val_loss)
     assert set(result.as_dict()) >= {"val_auc", "best_epoch", "pred_min", "pred_max", "pred_range", "recall"}

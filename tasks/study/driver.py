@@ -494,6 +494,7 @@ def trial_description(number: int, arch: Architecture, hp: dict) -> str:
 def run_trial(handle: StudyHandle, number: int, progress=None) -> dict:
     """Train one claimed trial in a child process, tracked as one MLflow run; never raises for
     the trial's own failures. Returns {"state", "val_auc", "failure"}."""
+    trial_started = time.monotonic()
     trial = handle.live_trial(number)
     arch, hp = space.suggest(trial, handle.arch_space, handle.grid, handle.config.search)  # drawn when claimed
     extreme = trial.user_attrs.get(ATTR_EXTREME, "none")
@@ -539,6 +540,7 @@ def run_trial(handle: StudyHandle, number: int, progress=None) -> dict:
     record_outcome(handle, trial, run_id, outcome)
     if outcome.complete:
         log_scores_file(handle.client, run_id, scores_path(request.checkpoint_path, "val"))
+    log_batch(handle.client, run_id, metrics=outcome.time_split(time.monotonic() - trial_started))
     if progress is not None:
         if outcome.complete:
             done = f"val_auc={outcome.result['val_auc']:.4f}"

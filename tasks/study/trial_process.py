@@ -41,7 +41,8 @@ class TrialOutcome:
     failure_kind: str | None = None  # diverged | oom | crashed | hung | error
     reason: str | None = None
     epochs: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the process's wall time, start to exit
+    startup_seconds: float | None = None  # start to its "ready" event: interpreter, imports, dataset read
 
     @property
     def complete(self) -> bool:
@@ -50,6 +51,21 @@ class TrialOutcome:
     @property
     def pruned(self) -> bool:
         return self.state == "pruned"
+
+    def time_split(self, trial_seconds: float) -> dict[str, float]:
+        """Where the trial's wall time went (schemas.tracking.TIME_METRICS): only the phases this
+        outcome measured; a failed or pruned trial has no in-process split."""
+        split = {"time/trial_s": trial_seconds, "time/process_s": self.seconds,
+                 "time/orchestration_s": max(0.0, trial_seconds - self.seconds)}
+        if self.startup_seconds is not None:
+            split["time/startup_s"] = self.startup_seconds
+        phases = {"time/setup_s": "setup_seconds", "time/train_steps_s": "train_seconds",
+                  "time/eval_s": "eval_seconds", "time/finish_s": "finish_seconds"}
+        if self.complete and self.startup_seconds is not None and all(k in self.result for k in phases.values()):
+            split.update({name: float(self.result[key]) for name, key in phases.items()})
+            inside = sum(split[name] for name in ("time/startup_s", *phases))
+            split["time/process_other_s"] = max(0.0, self.seconds - inside)
+        return split
 
     @property
     def last_epoch(self) -> int:
@@ -98,8 +114,9 @@ def run_trial_process(
                 env=env,
                 cwd=REPO_ROOT,
             )
+            ready_at: list[float] = []
             try:
-                outcome = _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, should_stop)
+                outcome = _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, should_stop, ready_at)
             except BaseException:  # Ctrl-C or a driver error: leave no orphan behind
                 child.kill()
                 child.wait()
@@ -113,6 +130,8 @@ def run_trial_process(
                     reason=f"trial process {_describe_exit(child.returncode)}" + (f": {tail[-1500:]}" if tail else ""),
                 )
     outcome.seconds = time.monotonic() - started
+    if ready_at:
+        outcome.startup_seconds = ready_at[0] - started
     return outcome
 
 
@@ -126,7 +145,9 @@ def _terminate(child: subprocess.Popen) -> None:
         child.wait()
 
 
-def _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, should_stop) -> TrialOutcome | None:
+def _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, should_stop,
+            ready_at: list[float]) -> TrialOutcome | None:
+    """Read the child's events until it exits; `ready_at` gets the time of its "ready" event."""
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True).start()
     epochs: list[dict] = []
@@ -150,7 +171,9 @@ def _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, s
             event = json.loads(line[len(EVENT_PREFIX) :])
             last_progress = now
             kind = event.pop("event")
-            if kind == "epoch":
+            if kind == "ready":
+                ready_at.append(now)
+            elif kind == "epoch":
                 epochs.append(event)
             elif kind in ("result", "evaluation"):
                 final = TrialOutcome(state="complete", result=event, epochs=epochs)

@@ -88,12 +88,13 @@ def _train(request: TrialRequest) -> int:
     except TrialFailure as failure:
         emit("failed", kind=failure.kind, reason=str(failure))
         return 3
+    finish_started = time.perf_counter()
     request.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = request.checkpoint_path.with_suffix(".tmp")
     torch.save({"arch": request.arch.as_dict(), "state": state, "dropout": request.dropout}, tmp)
     tmp.replace(request.checkpoint_path)
     write_scores(request, data, arch, state, "val")
-    emit("result", **result.as_dict())
+    emit("result", **result.as_dict(), finish_seconds=time.perf_counter() - finish_started)
     return 0
 
 

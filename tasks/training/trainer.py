@@ -62,8 +62,10 @@ class TrainResult:
     recall: float  # at threshold 0.5 on val, best epoch
     val_n_pos: int  # class counts of the val split: the report's AUC confidence intervals need them
     val_n_neg: int
-    train_seconds: float
+    train_seconds: float  # the training steps alone (the per-trial time split: bench/trial_split.py)
     samples_per_s: float
+    setup_seconds: float  # data to the device, the batch-size probe, model and optimizer
+    eval_seconds: float  # the per-epoch validation passes
     peak_memory_mb: float
     batch_size: int
     device: str
@@ -299,6 +301,12 @@ def resolve_batch_size(
 EpochCallback = Callable[[dict[str, float]], None]
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a phase's wall time is its own (CUDA is asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train_model(
     data: PreparedData | DeviceData,
     arch: Architecture,
@@ -325,12 +333,15 @@ def train_model(
 
 
 def _train(data, arch, hparams, config, window, device, on_epoch, on_step=None):
+    setup_started = time.perf_counter()
     dev = data if isinstance(data, DeviceData) else DeviceData.from_prepared(data, device)
     batch_size = resolve_batch_size(config, arch, hparams, window, dev, device)  # before seeding: probes use RNG
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model, step_model, optimizer = build_training(arch, hparams, config, window, device)
+    _synchronize(device)
+    setup_seconds = time.perf_counter() - setup_started
     train_anchors, train_labels = dev.anchors["train"], dev.labels["train"]
     n_train = len(train_anchors)
     batches_per_epoch = math.ceil(n_train / batch_size)
@@ -343,7 +354,7 @@ def _train(data, arch, hparams, config, window, device, on_epoch, on_step=None):
     val_labels = dev.labels["val"].cpu().numpy()
 
     best = {"auc": -1.0, "epoch": 0, "state": None, "probs": None, "loss": float("nan")}
-    train_seconds, samples_seen, epoch, step = 0.0, 0, 0, 0
+    train_seconds, eval_seconds, samples_seen, epoch, step = 0.0, 0.0, 0, 0, 0
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         order = torch.randperm(n_train, generator=shuffle).to(device)
@@ -359,15 +370,16 @@ def _train(data, arch, hparams, config, window, device, on_epoch, on_step=None):
             step += 1
             if on_step:
                 on_step(epoch, step)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _synchronize(device)
         train_seconds += time.perf_counter() - started
         train_loss = loss_sum.item() / min(n_train, batches_per_epoch * batch_size)
 
-        probs, val_loss = predict(model, dev, "val", config.eval_batch_size)
+        started = time.perf_counter()
+        probs, val_loss = predict(model, dev, "val", config.eval_batch_size)  # returns host arrays: synchronised
         if not np.isfinite(probs).all():
             raise TrialDiverged(f"diverged: non-finite predictions at epoch {epoch}")
         val_auc = auc(val_labels, probs)
+        eval_seconds += time.perf_counter() - started
         if on_epoch:
             on_epoch({"epoch": epoch, "train/loss": train_loss, "val/loss": val_loss, "val/auc": val_auc})
         if val_auc > best["auc"]:
@@ -389,6 +401,8 @@ def _train(data, arch, hparams, config, window, device, on_epoch, on_step=None):
         **val_diagnostics(best["probs"], val_labels),
         train_seconds=train_seconds,
         samples_per_s=samples_seen / train_seconds if train_seconds > 0 else 0.0,
+        setup_seconds=setup_seconds,
+        eval_seconds=eval_seconds,
         peak_memory_mb=_peak_memory_mb(device),
         batch_size=batch_size,
         device=device_name(device),
