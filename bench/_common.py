@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from models.arch_grid import Architecture, count_parameters
+from models.arch_grid import Architecture, count_parameters, forced_extremes
 from schemas.config import DataConfig
 from tasks.data.dataset import PreparedData, cached_dataset
 
@@ -54,6 +54,20 @@ def flops_per_sample(arch: Architecture, window: int, num_features: int = 25) ->
 def load_data(horizon: int = 1, window: int = 60) -> PreparedData:
     data, _ = cached_dataset(DataConfig(window=window), horizon, CACHE_DIR)
     return data
+
+
+def pick_architectures(grid: list[Architecture], which: str) -> list[Architecture]:
+    """'all', an index into the grid, or 'deepest' / 'widest': the grid's forced extremes
+    max_n_layers / max_d_model, so commands stay right when a grid version renumbers its entries."""
+    if which == "all":
+        return grid
+    named = {"deepest": "max_n_layers", "widest": "max_d_model"}
+    if which in named:
+        return [dict(forced_extremes(grid))[named[which]]]
+    try:
+        return [grid[int(which)]]
+    except (ValueError, IndexError):
+        raise SystemExit(f"--arch-idx {which!r}: give 0..{len(grid) - 1}, 'deepest', 'widest' or 'all'") from None
 
 
 def describe_device(device: torch.device) -> str:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from _common import Timer, describe_device, flops_per_sample, header, load_data, peak_tflops, synchronize
+from _common import Timer, describe_device, flops_per_sample, header, load_data, peak_tflops, pick_architectures, synchronize
 from models.arch_grid import BUDGETS, Architecture, get_architectures_for_budget
 from models.transformer import sinusoidal_positions
 from schemas.config import TrainConfig
@@ -171,7 +171,8 @@ def _reference_at(arch, data, batch_size, args, device, flops, peak) -> Measurem
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", choices=BUDGETS, default="smoke")
-    parser.add_argument("--arch-idx", default="0", help="index into the budget's current grid, or 'all'")
+    parser.add_argument("--arch-idx", default="0",
+                        help="index into the budget's current grid, 'deepest', 'widest' (its forced extremes), or 'all'")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per path")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator, autotune)")
     parser.add_argument("--batch-size", default="256", help="an integer or 'auto' (largest that fits, ours only)")
@@ -222,7 +223,7 @@ def main(argv=None) -> None:
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     device = resolve_device(args.device)
     grid = get_architectures_for_budget(args.budget)
-    archs = grid if args.arch_idx == "all" else [grid[int(args.arch_idx)]]
+    archs = pick_architectures(grid, args.arch_idx)
     data = load_data()
     peak = peak_tflops(device, args.peak_tflops)
     print(header(device))

@@ -18,7 +18,9 @@ EVENT_PREFIX = "@@hpo "
 # Test hook: JSON {trial_number: fault}; faults go through the real failure paths of the trial
 # process ("nan": the loss becomes NaN; "oom": torch.OutOfMemoryError at the first step;
 # "crash": the process dies without a word; "hang": it stops reporting; "noise": it trains on
-# random features, a real trial that learns nothing, for the pruner to stop).
+# random features, a real trial that learns nothing, for the pruner to stop; "fill_gpu": at the
+# first step it allocates 1 GiB blocks until CUDA itself runs out of memory, a real OOM with the GPU
+# full, so the next trial shows the memory was given back; CUDA only).
 FAULT_ENV = "HPO_INJECT_FAULTS"
 
 # What a trial process in mode "noop" reports: a complete trial that trained nothing, so

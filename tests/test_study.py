@@ -174,6 +174,30 @@ def test_diverged_oom_and_crashed_trials_fail_with_reason_and_study_completes(sm
     assert_exactly_complete(config.stores, "smoke_h3", 4)
 
 
+@pytest.mark.gpu
+def test_a_real_cuda_oom_fails_its_trial_and_the_next_trial_gets_the_gpu(smoke_config, monkeypatch):
+    """Trial 1 fills the GPU with 1 GiB blocks until CUDA's allocator gives up: a real OOM. It is
+    recorded as oom with CUDA's message, and the trials after it train on the same GPU."""
+    import torch
+
+    free_before, _ = torch.cuda.mem_get_info()
+    config = smoke_config.model_copy(update={
+        "train": smoke_config.train.model_copy(update={"device": "cuda"}),
+        "study": smoke_config.study.model_copy(update={"n_trials": 3}),
+    })
+    monkeypatch.setenv(FAULT_ENV, json.dumps({"1": "fill_gpu"}))
+
+    summary = run_study(StudySpec(budget="smoke", horizon=1), config)
+
+    assert summary["complete"] == 3 and summary["failed"] == 1
+    trials = {t.number: t for t in load_trials(config.stores, "smoke_h1")}
+    assert trials[1].user_attrs["failure_kind"] == "oom"
+    assert "CUDA out of memory" in trials[1].user_attrs["failure_reason"]
+    assert trials[2].state == TrialState.COMPLETE and trials[3].state == TrialState.COMPLETE
+    free_after, _ = torch.cuda.mem_get_info()
+    assert free_after >= free_before - (1 << 30), "no trial process is left holding GPU memory"
+
+
 def test_hung_trial_is_killed_and_failed(smoke_config, monkeypatch):
     # 20 s: long enough for a healthy trial process to start on a loaded 2-core machine
     study = smoke_config.study.model_copy(update={"n_trials": 1, "stall_timeout_s": 20, "max_failed_trials": 2})

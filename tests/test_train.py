@@ -19,6 +19,7 @@ from tasks.training.trainer import (
     Hyperparams,
     TrainResult,
     TrialDiverged,
+    TrialOOM,
     build_model,
     evaluate_state,
     resolve_device,
@@ -150,6 +151,29 @@ def test_a_nan_loss_in_a_later_epoch_names_that_epoch(bundled_h1, monkeypatch):
     config = short_config(max_epochs=3, max_batches_per_epoch=3)
     with pytest.raises(TrialDiverged, match=r"loss is nan at epoch 2, step 3"):
         train_model(bundled_h1, smoke_arch(16, 1, 1), HPARAMS, config, WINDOW)
+
+
+@pytest.mark.parametrize("failure", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+])
+def test_an_allocation_failure_in_a_step_is_an_oom_trial_with_its_reason(bundled_h1, monkeypatch, failure):
+    def step_that_runs_out(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(tasks.training.trainer, "train_step", step_that_runs_out)
+    with pytest.raises(TrialOOM, match=r"out of memory on .* d_model=16, n_layers=1: .*(2.00 GiB|ALLOC_FAILED)"):
+        train_model(bundled_h1, smoke_arch(16, 1, 1), HPARAMS, short_config(), WINDOW)
+
+
+def test_an_error_that_is_not_an_allocation_failure_is_not_called_oom(bundled_h1, monkeypatch):
+    def broken_step(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(tasks.training.trainer, "train_step", broken_step)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as raised:
+        train_model(bundled_h1, smoke_arch(16, 1, 1), HPARAMS, short_config(), WINDOW)
+    assert not isinstance(raised.value, TrialOOM)
 
 
 # --- reproducibility and plumbing ------------------------------------------------------------

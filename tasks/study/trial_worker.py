@@ -71,6 +71,8 @@ def _train(request: TrialRequest) -> int:
 
     def on_step(epoch: int, step: int) -> None:
         nonlocal last_alive
+        if fault == "fill_gpu" and step == 1:
+            fill_gpu(request.train.device)
         if time.monotonic() - last_alive >= ALIVE_EVERY_S:
             last_alive = time.monotonic()
             emit("alive", epoch=epoch, step=step)
@@ -96,6 +98,25 @@ def _train(request: TrialRequest) -> int:
     write_scores(request, data, arch, state, "val")
     emit("result", **result.as_dict(), finish_seconds=time.perf_counter() - finish_started)
     return 0
+
+
+def fill_gpu(requested: str) -> None:
+    """Allocate 1 GiB blocks until CUDA's allocator raises torch.OutOfMemoryError: the real failure,
+    with the GPU really full (the blocks are freed when the error unwinds this frame)."""
+    import torch
+
+    from tasks.training.trainer import resolve_device
+
+    device = resolve_device(requested)
+    if device.type != "cuda":  # on a CPU this would take the machine's memory, not fail a trial
+        raise RuntimeError(f"the fill_gpu fault needs CUDA; this trial runs on {device}")
+    blocks = []
+    try:
+        while True:
+            blocks.append(torch.empty(1 << 30, dtype=torch.uint8, device=device))
+    except torch.OutOfMemoryError:
+        blocks.clear()  # now, not when the traceback that holds this frame goes: the trainer empties the cache
+        raise
 
 
 def write_scores(request: TrialRequest, data, arch, state, split: str) -> float:

@@ -323,9 +323,10 @@ def train_model(
     device = resolve_device(config.device)
     try:
         return _train(data, arch, hparams, config, window, device, on_epoch, on_step)
-    except torch.OutOfMemoryError as exc:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    except RuntimeError as exc:  # torch.OutOfMemoryError, or cuBLAS/cuDNN failing to allocate their workspace
+        if not is_oom(exc):
+            raise
+        release_device(device)
         raise TrialOOM(
             f"out of memory on {device_name(device)} with batch_size={config.batch_size}, "
             f"d_model={arch.d_model}, n_layers={arch.n_layers}: {str(exc).splitlines()[0]}"
