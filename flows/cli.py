@@ -115,6 +115,7 @@ def train(
     dropout: float = 0.1,
     weight_decay: float = 1e-4,
     max_epochs: int = 5,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
     data: DataSource = None,
     root: Root = None,
 ) -> None:
@@ -124,7 +125,7 @@ def train(
 
     spec = StudySpec(budget=budget, horizon=horizon)
     base = build_config(root, data)
-    config = with_train_options(base, max_epochs=max_epochs)
+    config = with_train_options(base, max_epochs=max_epochs, device=device)
     arch = get_architectures_for_budget(spec.budget)[arch_idx]
     prepared, _ = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     console.print(f"training {arch} on {prepared.summary()}")
