@@ -11,7 +11,9 @@
 # large one was left out in turn and a smoke study rehearsed on a CPU environment holding only
 # the image's packages: psycopg2-binary (4 MB) is not needed there (SQLite stores); asyncpg,
 # cryptography, databricks-sdk and burner-redis are imported when Prefect's temporary server or
-# MLflow start, so they stay. The device tool carries at most 64 MiB with the working tree.
+# MLflow start, so they stay. typing-extensions is on the image, but carried at the version
+# pydantic 2.14 was resolved with. torch, numpy and the rest of the image are never carried: the
+# image's CUDA torch must stay. The device tool carries at most 64 MiB with the working tree.
 set -euo pipefail
 
 PYTHON_VERSION=${WHEEL_PYTHON:-3.12}
