@@ -222,6 +222,7 @@ class _TrialTrack:
     best_state: dict[str, torch.Tensor] | None = None
     epochs: int = 0
     seconds: float = 0.0
+    eval_seconds: float = 0.0
     samples: int = 0
     shuffle: torch.Generator = field(default_factory=torch.Generator)
 
@@ -240,7 +241,8 @@ def train_packed(
     """Train the trials together; one outcome per trial, in order (config.seed is not used).
 
     Each trial follows tasks.training.trainer.train_model: same schedule, batches, early stopping and
-    result fields. train_seconds is the pack's training time while the trial was in it.
+    result fields. train_seconds and eval_seconds are the pack's while the trial was in it;
+    setup_seconds is the pack's own setup.
     Raises TrialOOM when the pack does not fit (split it).
     """
     if not trials:
@@ -268,6 +270,7 @@ def _build_pack(arch, trials, config, window, device) -> tuple[_Pack, nn.Module]
 
 
 def _train_packed(data, arch, trials, config, window, device, on_epoch):
+    setup_started = time.perf_counter()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -276,6 +279,9 @@ def _train_packed(data, arch, trials, config, window, device, on_epoch):
     pack, template = _build_pack(arch, trials, config, window, device)
     torch.manual_seed(trials[0].seed)  # the pack's dropout stream
     tracks = [_TrialTrack(shuffle=torch.Generator().manual_seed(t.seed)) for t in trials]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    setup_seconds = time.perf_counter() - setup_started
     outcomes = [PackedOutcome() for _ in trials]
 
     train_anchors, train_labels = dev.anchors["train"], dev.labels["train"]
@@ -324,11 +330,14 @@ def _train_packed(data, arch, trials, config, window, device, on_epoch):
         train_losses = (loss_sum / min(n_train, batches_per_epoch * batch_size)).tolist()
         seen = min(n_train, batches_per_epoch * batch_size)
 
-        probs, val_losses = _predict(template, pack, dev, config.eval_batch_size)  # (K, n_val), (K,)
+        started = time.perf_counter()
+        probs, val_losses = _predict(template, pack, dev, config.eval_batch_size)  # (K, n_val), (K,): on the host
+        eval_seconds = time.perf_counter() - started
         keep = []
         for row, trial_index in enumerate(pack.rows):
             track, outcome = tracks[trial_index], outcomes[trial_index]
             track.epochs, track.seconds, track.samples = epoch, track.seconds + seconds, track.samples + seen
+            track.eval_seconds += eval_seconds
             if row in diverged or not np.isfinite(probs[row]).all():
                 outcome.failure = TrialDiverged(diverged.get(row, f"diverged: non-finite predictions at epoch {epoch}"))
                 continue
@@ -350,7 +359,7 @@ def _train_packed(data, arch, trials, config, window, device, on_epoch):
     peak = _peak_memory_mb(device)
     for trial_index, (track, outcome) in enumerate(zip(tracks, outcomes)):
         if outcome.failure is None:
-            outcome.result = _result(track, val_labels, config, peak, device)
+            outcome.result = _result(track, val_labels, config, peak, device, setup_seconds)
             outcome.state = track.best_state
     return outcomes
 
@@ -376,7 +385,8 @@ def _predict(template: nn.Module, pack: _Pack, dev: DeviceData, batch_size: int)
     return torch.cat(probs, dim=1).numpy(), (loss_sum / len(anchors)).tolist()
 
 
-def _result(track: _TrialTrack, val_labels: np.ndarray, config: TrainConfig, peak: float, device) -> TrainResult:
+def _result(track: _TrialTrack, val_labels: np.ndarray, config: TrainConfig, peak: float, device,
+            setup_seconds: float) -> TrainResult:
     return TrainResult(
         val_auc=track.best_auc,
         val_loss=track.best_loss,
@@ -385,6 +395,8 @@ def _result(track: _TrialTrack, val_labels: np.ndarray, config: TrainConfig, pea
         **val_diagnostics(track.best_probs, val_labels),
         train_seconds=track.seconds,
         samples_per_s=track.samples / track.seconds if track.seconds > 0 else 0.0,
+        setup_seconds=setup_seconds,
+        eval_seconds=track.eval_seconds,
         peak_memory_mb=peak,
         batch_size=config.batch_size,
         device=device_name(device),
