@@ -4,6 +4,8 @@ legacy runs. Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -160,3 +162,17 @@ def postgres_database(name: str) -> str | None:
         cursor.execute(f'CREATE DATABASE "{name}"')
     conn.close()
     return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@contextmanager
+def bench_module(name: str):
+    """A bench/ script imported as a module (bench/ is scripts, not a package: it goes on sys.path
+    for the import and comes off again)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))

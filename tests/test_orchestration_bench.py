@@ -3,28 +3,21 @@ the trial process's "noop" mode it relies on trains nothing and reports a comple
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import bench_module
 from models.arch_grid import get_architectures_for_budget
 from schemas.config import TrainConfig
 from schemas.trial import NOOP_RESULT, TrialRequest
 from tasks.study.trial_process import run_trial_process
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import orchestration_overhead
-
-        yield orchestration_overhead
-    finally:
-        sys.path.remove(str(BENCH))
+    with bench_module("orchestration_overhead") as module:
+        yield module
 
 
 def assert_sane(results, layers: list[str], trials: int) -> None:

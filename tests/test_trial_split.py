@@ -3,26 +3,17 @@ bench/trial_split.py summarises a study's split (the study end to end is in test
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
+from helpers import bench_module
 from schemas import tracking as T
 from tasks.study.trial_process import TrialOutcome
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
 def trial_split():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import trial_split
-
-        yield trial_split
-    finally:
-        sys.path.remove(str(BENCH))
+    with bench_module("trial_split") as module:
+        yield module
 
 
 def complete_outcome(process_s: float = 10.0, startup_s: float = 2.0) -> TrialOutcome:
