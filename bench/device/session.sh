@@ -57,7 +57,7 @@ hpo() { "$PY" -m flows.cli "$@"; }
 
 if [ "$REHEARSE" = 1 ]; then
   DEVICE=cpu; BUDGET_2M=smoke; TRIALS=3; STUDY_EPOCHS="--max-epochs 1"; SLOTS=2
-  B20=smoke; B200=smoke; B2B=smoke; STEPS_REF=3; STEPS_MFU=2; DEEP_EPOCHS=1
+  B20=smoke; B200=smoke; B2B=2M; STEPS_REF=3; STEPS_MFU=2; DEEP_EPOCHS=1  # distinct names: one record each
   caps=(check 300 study2m 300 throughput 300 mfu 300)
 else
   DEVICE=cuda; BUDGET_2M=2M; TRIALS=50; STUDY_EPOCHS=""
