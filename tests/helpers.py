@@ -5,9 +5,16 @@ legacy runs. Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import importlib
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
+import pytest
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -176,3 +183,27 @@ def bench_module(name: str):
         yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(what: str, url: str, server: subprocess.Popen, log_tail: Callable[[], str],
+                       timeout: float = 180) -> None:
+    """Poll `url`/health until it answers 200; fail the test with the server's log when the
+    server exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"{what} exited with {server.returncode}:\n{log_tail()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{what} not healthy after {timeout:.0f} s:\n{log_tail()}")

@@ -16,19 +16,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from helpers import free_port, wait_until_healthy
 from schemas import tracking as T
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,10 +86,6 @@ class PrefectStack:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _environment(home: Path, api_url: str, checkout: Path) -> dict[str, str]:
@@ -109,18 +104,6 @@ def _environment(home: Path, api_url: str, checkout: Path) -> dict[str, str]:
     return env
 
 
-def _wait_healthy(stack: PrefectStack, server: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"prefect server exited with {server.returncode}:\n{stack.log_tail('server')}")
-        try:
-            if httpx.get(f"{stack.api_url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"prefect server not healthy after {timeout:.0f} s:\n{stack.log_tail('server')}")
 
 
 def _descendants(pids: list[int]) -> list[int]:
@@ -199,12 +182,12 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("deployments")
     (logs := root / "logs").mkdir()
     checkout = clean_copy(root / "checkout")
-    port = str(_free_port())
+    port = str(free_port())
     api_url = f"http://127.0.0.1:{port}/api"
     stack = PrefectStack(api_url, _environment(root / "prefect-home", api_url, checkout), root, logs, deploy_output="")
     try:
         server = stack.start("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", port, cwd=root)
-        _wait_healthy(stack, server)
+        wait_until_healthy("prefect server", stack.api_url, server, lambda: stack.log_tail("server"))
 
         pool = stack.cli("prefect", "work-pool", "create", POOL, "--type", "process", cwd=checkout, timeout=300)
         assert pool.returncode == 0, f"work pool not created:\n{pool.stdout}\n{pool.stderr[-4000:]}"

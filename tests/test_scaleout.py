@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-import httpx
 import numpy as np
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from helpers import postgres_database
+from helpers import free_port, postgres_database, wait_until_healthy
 from schemas import tracking as T
 from schemas.config import DataConfig, HpoConfig, StudyConfig, TrainConfig
 
@@ -52,12 +50,6 @@ print(finish_study(open_study(StudySpec.parse(sys.argv[1]), HpoConfig.model_vali
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def stores(tmp_path: Path):
     """Fresh PostgreSQL databases for Optuna and MLflow, and `mlflow server` in its own folder
@@ -68,7 +60,7 @@ def stores(tmp_path: Path):
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
     mlflow_db = postgres_database(f"scaleout_mlflow_{suffix}")
     (server_dir := tmp_path / "mlflow-server").mkdir()
-    port = _free_port()
+    port = free_port()
     log = open(server_dir / "server.log", "wb")
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_db, "--artifacts-destination",
@@ -77,16 +69,7 @@ def stores(tmp_path: Path):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up:\n{(server_dir / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_healthy("mlflow server", uri, server, lambda: (server_dir / "server.log").read_text()[-3000:])
         optuna.storages.RDBStorage(optuna_url)  # its schema once, so the workers race on the study only
         yield optuna_url, uri
     finally:
