@@ -29,6 +29,7 @@ Root = Annotated[Path | None, typer.Option("--root", help="folder of the embedde
 DataSource = Annotated[str | None, typer.Option("--data", help="'bundled' (default) or a CSV/Parquet path")]
 Storage = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (PostgreSQL for several workers)")]
 TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default SQLite under --root)")]
+Device = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (default auto)")]
 
 
 Pruner = Annotated[
@@ -115,7 +116,7 @@ def train(
     dropout: float = 0.1,
     weight_decay: float = 1e-4,
     max_epochs: int = 5,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
+    device: Device = None,
     data: DataSource = None,
     root: Root = None,
 ) -> None:
@@ -199,7 +200,7 @@ def run(
     max_epochs: Annotated[int | None, typer.Option(help="epochs per trial (default 50, early stopping)")] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="smoke switch: the budget's smoke-ladder stand-in, a few short epochs, at most 8 trials")] = False,
     slots: Annotated[int | None, typer.Option(help="trials run at once on this worker's device (small budgets)")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
+    device: Device = None,
     pruner: Pruner = None,
     arch_space: ArchSpace = None,
     data: DataSource = None,
@@ -381,7 +382,7 @@ def retrain(
     study: Annotated[str, typer.Argument(help="the study, e.g. 2M_h5 (as the report names it)")],
     trials: Annotated[list[str], typer.Argument(help="trial numbers or supplemental ids, e.g. 17 or S2")],
     max_epochs: Annotated[int | None, typer.Option(help="epochs (default: the configured 50, early stopping)")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto)")] = None,
+    device: Device = None,
     root: Root = None,
     tracking_uri: TrackingUri = None,
     data: DataSource = None,
