@@ -132,6 +132,10 @@ class StoreConfig(_Config):
     def cache_dir(self) -> Path:
         return self.root.resolve() / "cache"
 
+    def checkpoint_dir(self, study: str) -> Path:
+        """Where this worker keeps a study's weights while they are needed (tasks.study.checkpoints)."""
+        return self.root.resolve() / "checkpoints" / study
+
 
 class StudyConfig(_Config):
     """How a study runs: its size, its limits and its crash safety."""

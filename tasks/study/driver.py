@@ -178,7 +178,7 @@ class StudyHandle:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.config.stores.root.resolve() / "checkpoints" / self.name
+        return self.config.stores.checkpoint_dir(self.name)
 
     def counts(self) -> dict[str, int]:
         trials = self.study.get_trials(deepcopy=False)

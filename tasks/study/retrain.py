@@ -128,7 +128,7 @@ def retrain(config: HpoConfig, study: str, trial: str) -> RetrainResult:
     log.info("Re-training %s #%s (%s parameters) as run %s", study, trial, f"{arch.params:,}", run_id)
     _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     log_dataset_input(client, run_id, prepared_dataset_entity(dataset_path, config.data))
-    checkpoint = config.stores.root.resolve() / "checkpoints" / study / f"retrain_{trial}.pt"
+    checkpoint = config.stores.checkpoint_dir(study) / f"retrain_{trial}.pt"
     request = dict(trial_number=-1, dataset_path=dataset_path, window=config.data.window, arch=arch, train=config.train,
                    checkpoint_path=checkpoint)  # fmt: skip
     try:

@@ -213,7 +213,7 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
     )
     _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     log_dataset_input(client, run_id, prepared_dataset_entity(dataset_path, config.data))
-    checkpoint = config.stores.root.resolve() / "checkpoints" / study / f"supplemental_{entry.id}.pt"
+    checkpoint = config.stores.checkpoint_dir(study) / f"supplemental_{entry.id}.pt"
     outcome = run_trial_process(
         TrialRequest(
             trial_number=-1,
