@@ -75,7 +75,6 @@ class PairedAUC(DifferenceInterval):
     n_neg: int
 
 
-
 def paired_delong(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> PairedAUC:
     """DeLong's paired test of two classifiers scored on the same windows."""
     if len(a) != len(b) or len(a) != len(labels):

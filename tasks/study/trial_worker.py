@@ -102,7 +102,7 @@ def _train(request: TrialRequest) -> int:
 
 def fill_gpu(requested: str) -> None:
     """Allocate 1 GiB blocks until CUDA's allocator raises torch.OutOfMemoryError: the real failure,
-    with the GPU really full (the blocks are freed when the error unwinds this frame)."""
+    with the GPU really full (the blocks are let go before the error leaves this function)."""
     import torch
 
     from tasks.training.trainer import resolve_device
