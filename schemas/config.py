@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.arch_grid import BUDGETS, CURRENT_GRID_VERSION, GRID_VERSIONS, REAL_BUDGETS, smoke_budget
+from schemas.names import HORIZONS, STUDY_NAME, parse_horizon
 
-HORIZONS: tuple[int, ...] = (1, 3, 5)
 # How a study's sampler sees the architecture (tasks/study/space.py); chosen in bench/search_space.py.
 ArchSpaceKind = Literal["factored", "categorical"]
 PrunerKind = Literal["none", "median", "hyperband"]
@@ -182,9 +182,6 @@ class StudyConfig(_Config):
         return self.n_trials if self.max_failed_trials is None else self.max_failed_trials
 
 
-_STUDY_NAME = re.compile(r"^(?:smoke-(?P<smoke_of>[^_\s]+)_)?(?P<budget>[^_\s]+)?_?h(?P<horizon>\d+)(?:_v(?P<version>\d+))?$")
-
-
 class StudySpec(_Config):
     """Which study: a (budget, horizon) pair and a version (a fresh re-run is a new version)."""
 
@@ -231,10 +228,7 @@ class StudySpec(_Config):
     @field_validator("horizon", mode="before")
     @classmethod
     def _known_horizon(cls, horizon: int | str) -> int:
-        value = int(str(horizon).lower().removeprefix("h"))
-        if value not in HORIZONS:
-            raise ValueError(f"unknown horizon {horizon!r}; choose one of h1, h3, h5")
-        return value
+        return parse_horizon(horizon)
 
     @property
     def base_name(self) -> str:
@@ -255,7 +249,7 @@ class StudySpec(_Config):
     @classmethod
     def parse(cls, name: str) -> StudySpec:
         """'20M_h5' (latest version), '20M_h1_v2' (exactly version 2), 'smoke-20M_h5' (smoke stand-in)."""
-        match = _STUDY_NAME.match(name.strip())
+        match = STUDY_NAME.match(name.strip())
         if not match or not (match["budget"] or match["smoke_of"]) or (match["budget"] and match["smoke_of"]):
             raise ValueError(f"cannot read study name {name!r}; write BUDGET_hH or BUDGET_hH_vN, e.g. 20M_h5 or 20M_h1_v2")
         version = match["version"]

@@ -15,7 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.arch_grid import BUDGETS, EXTREME_TYPES, GRID_VERSIONS, LEGACY_GRID_VERSION
-from schemas.config import HORIZONS, StoreConfig
+from schemas.config import StoreConfig
+from schemas.names import HORIZONS, parse_horizon
 from schemas.tracking import TrialState
 
 NHeadsSource = Literal["logged", "recovered", "unrecoverable"]
@@ -125,10 +126,7 @@ def _check_budget(budget: str) -> str:
 
 
 def _check_horizon(horizon: int | str) -> int:
-    text = str(horizon).strip().lower().removeprefix("h")
-    if not text.isdigit() or int(text) not in HORIZONS:
-        raise ValueError(f"unknown horizon {horizon!r}; choose one of h1, h3, h5")
-    return int(text)
+    return parse_horizon(horizon)
 
 
 def experiment_name(budget: str, horizon: int | str, grid_version: int = LEGACY_GRID_VERSION) -> str:

@@ -32,7 +32,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from schemas.config import HORIZONS, DataConfig, HpoConfig, StudySpec
+from schemas.config import DataConfig, HpoConfig, StudySpec
+from schemas.names import HORIZONS, parse_horizon
 from schemas.tracking import TAG_BASELINE_KEY, TAG_BASELINE_MODEL, TAG_HORIZON, TAG_RUN_KIND
 from tasks.data.dataset import SPLITS, PreparedData, cached_dataset, dataset_fingerprint
 from tasks.tracking.datasets import dataset_entity, log_dataset_input
@@ -348,17 +349,6 @@ def study_experiments(config: HpoConfig, horizon: int) -> list[str]:
         if spec.horizon == horizon:
             names.append(experiment.name)
     return sorted(names)
-
-
-def parse_horizon(value: str | int) -> int:
-    """'h1', 'H3' or 5 -> 1, 3, 5; anything else is an error naming the choices."""
-    try:
-        horizon = int(str(value).lower().removeprefix("h"))
-    except ValueError:
-        horizon = None
-    if horizon not in HORIZONS:
-        raise ValueError(f"unknown horizon {value!r}; choose one of {', '.join(f'h{h}' for h in HORIZONS)}")
-    return horizon
 
 
 def baseline_targets(config: HpoConfig, horizons: list[str], studies: list[str]) -> dict[int, list[str]]:
