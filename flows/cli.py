@@ -151,9 +151,10 @@ def recover(
     root: Root = None,
 ) -> None:
     """Recover legacy trials, n_heads included, from old HPO logs or trial JSON files."""
+    from rich import box
+
     from flows.recover import recover as recover_flow
     from schemas.legacy import RecoverRequest
-    from tasks.legacy.parser import summary_table
 
     try:
         request = RecoverRequest(inputs=inputs, out=out, grid_version=grid_version, import_mlflow=import_mlflow,
@@ -161,7 +162,22 @@ def recover(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     report = recover_flow(request)
-    console.print(summary_table(report))
+    # Per experiment: trials, complete, n_heads logged / recovered / unrecoverable, problems, and
+    # what the MLflow import did when there was one.
+    table = Table(title="legacy recovery" + ("" if report.written else ": nothing written"), title_justify="left",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    table.add_column("experiment", overflow="fold")
+    for header in ("trials", "complete", "n_heads\nlogged", "n_heads\nrecov.", "n_heads\nunrec.", "problems"):
+        table.add_column(header, justify="right")
+    imported = any(row.mlflow for row in report.experiments)
+    if imported:
+        table.add_column("mlflow:\nnew/same/\nreplaced")
+    for row in report.experiments:
+        name = row.experiment if row.experiment != "-" else f"- ({Path(row.source).name})"
+        counts = (row.trials, row.complete, row.n_heads_logged, row.n_heads_recovered, row.n_heads_unrecoverable, row.problems)
+        mlflow = [f"{row.mlflow.created}/{row.mlflow.unchanged}/{row.mlflow.replaced}" if row.mlflow else "-"] if imported else []
+        table.add_row(name, *(str(v) for v in counts), *mlflow)
+    console.print(table)
     for problem in report.problems:
         console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
     if strict and report.problems:

@@ -9,7 +9,7 @@ from prefect import flow
 
 from schemas.legacy import RecoverReport, RecoverRequest
 from tasks.legacy.importer import source_artifact
-from tasks.legacy.parser import dedupe_experiments, expand_inputs, summarize
+from tasks.legacy.recover import dedupe_experiments, expand_inputs, summarize
 from tasks.legacy.tasks import import_legacy_experiment, recover_input, write_experiment_file
 
 

@@ -22,7 +22,10 @@ PURE = (
     "tasks/report/analysis.py",
     "tasks/report/stats.py",
     "tasks/report/verdicts.py",
-    "tasks/legacy/parser.py",
+    "tasks/legacy/grammar.py",
+    "tasks/legacy/heads.py",
+    "tasks/legacy/records.py",
+    "tasks/legacy/recover.py",
     "tasks/training/trainer.py",
     "tasks/training/batch_size.py",
 )

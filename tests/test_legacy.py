@@ -13,15 +13,9 @@ from models.arch_grid import LEGACY_GRID_VERSION, Architecture, get_architecture
 from schemas.config import StoreConfig
 from schemas.legacy import LegacyExperiment, LegacyTrial
 from schemas.tracking import FINAL_METRICS, TAG_LEGACY_KEY, TAG_N_HEADS_SOURCE, TAG_SOURCE, TAG_STATE, TRIAL_PARAMS
-from tasks.legacy.parser import (
-    LogParser,
-    load_experiment,
-    parse_fields,
-    parse_number,
-    recover_file,
-    recover_n_heads,
-    write_experiment,
-)
+from tasks.legacy.grammar import LogParser, parse_fields, parse_number
+from tasks.legacy.heads import recover_n_heads
+from tasks.legacy.recover import load_experiment, recover_file, write_experiment
 
 from helpers import GRID, failed, finished, header, legacy_runs, line, old_json_trials, start, write_log
 

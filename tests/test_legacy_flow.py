@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.recover import recover
 from schemas.legacy import RecoverRequest
-from tasks.legacy.parser import load_experiment
+from tasks.legacy.recover import load_experiment
 
 from helpers import GRID, failed, finished, header, legacy_runs, old_json_trials, start, write_log
 

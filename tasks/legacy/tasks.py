@@ -10,7 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from schemas.config import StoreConfig
 from schemas.legacy import ImportCounts, LegacyExperiment
 from tasks.legacy.importer import import_experiment
-from tasks.legacy.parser import Recovered, recover_file, write_experiment
+from tasks.legacy.records import Recovered
+from tasks.legacy.recover import recover_file, write_experiment
 
 
 @task(name="recover-legacy-file", cache_policy=NO_CACHE)
