@@ -10,7 +10,7 @@ Each layer adds one thing to the one before, on fresh stores in a temporary fold
                our search space (tasks.study.space.suggest, the default space) and returns a constant.
                Our study's sampler and seed, the same six forced extremes enqueued first.
   bare-sqlite  the same on a SQLite storage file (Optuna's defaults, no heartbeats).
-  study        tasks.study.driver.run_study: our storage (SQLite, heartbeats, stale-trial and surplus
+  study        tasks.study.loop.run_study: our storage (SQLite, heartbeats, stale-trial and surplus
                checks), one MLflow run per trial with its params and tags, record_outcome; the trial
                process replaced by an in-process constant outcome (NOOP_RESULT).
   process      the same with the real trial process (tasks.study.trial_process -> tasks.study.trial_worker) in
@@ -60,7 +60,7 @@ from models.arch_grid import get_architectures_for_budget
 from schemas import tracking as T
 from schemas.config import DataConfig, HpoConfig, StoreConfig, StudyConfig, StudySpec, TrainConfig
 from schemas.trial import NOOP_RESULT
-from tasks.study import driver as studies
+from tasks.study import checkpoints, finish, loop, tracked_run
 from tasks.study import space
 from tasks.data.dataset import cached_dataset
 from tasks.study.trial_process import REPO_ROOT, TrialOutcome
@@ -200,7 +200,7 @@ def noop_trials(starts: list[float], clock: CallClock, child_process: bool) -> I
 
     child_process: the real runner and worker in mode "noop"; otherwise an in-process outcome
     (after the one heartbeat the runner records for a trial shorter than its interval)."""
-    real = studies.run_trial_process
+    real = tracked_run.run_trial_process
 
     def run_noop(request, heartbeat: Callable[[], None] | None = None, **kwargs) -> TrialOutcome:
         if request.mode == "train":
@@ -224,15 +224,15 @@ def noop_trials(starts: list[float], clock: CallClock, child_process: bool) -> I
 
     # A noop trial leaves no weights: nothing to upload, to evaluate on test or to register (none
     # of which is orchestration; before weights went through MLflow, finish skipped them too).
-    real_store, real_evaluate = studies.checkpoints.store_if_best, studies.evaluate_on_test
-    studies.run_trial_process = run_noop
-    studies.checkpoints.store_if_best = lambda *args, **kwargs: False
-    studies.evaluate_on_test = lambda handle, best: (float(NOOP_RESULT["val_auc"]), "none")
+    real_store, real_evaluate = checkpoints.store_if_best, finish.evaluate_on_test
+    tracked_run.run_trial_process = run_noop
+    checkpoints.store_if_best = lambda *args, **kwargs: False
+    finish.evaluate_on_test = lambda handle, best: (float(NOOP_RESULT["val_auc"]), "none")
     try:
         yield
     finally:
-        studies.run_trial_process = real
-        studies.checkpoints.store_if_best, studies.evaluate_on_test = real_store, real_evaluate
+        tracked_run.run_trial_process = real
+        checkpoints.store_if_best, finish.evaluate_on_test = real_store, real_evaluate
 
 
 def check_tracked(summaries: list[dict], config: HpoConfig) -> None:
@@ -249,10 +249,10 @@ def check_tracked(summaries: list[dict], config: HpoConfig) -> None:
 
 
 def our_study(n_trials: int, root: Path, child_process: bool, starts: list[float], clock: CallClock) -> None:
-    """tasks.study.driver.run_study: the study loop without Prefect."""
+    """tasks.study.loop.run_study: the study loop without Prefect."""
     config = bench_config(root, n_trials)
     with noop_trials(starts, clock, child_process):
-        summary = studies.run_study(SPEC, config)
+        summary = loop.run_study(SPEC, config)
     check_tracked([summary], config)
 
 

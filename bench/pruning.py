@@ -3,7 +3,7 @@
     python bench/pruning.py                                  # smoke-200M_h1, 20 trials, 8 epochs, none vs median, 2 seeds
     python bench/pruning.py --pruners none median hyperband --seeds 0 1 2
 
-Each study runs through `tasks.study.driver.run_study` (no Prefect): real trial processes, real
+Each study runs through `tasks.study.loop.run_study` (no Prefect): real trial processes, real
 Optuna and MLflow stores in a fresh temporary folder per study, the smoke switch's data and
 learning rates, with trials allowed `--epochs` epochs and early stopping after `--patience`
 epochs without a better val AUC (so the baseline already stops hopeless trials that plateau).
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from schemas.config import HpoConfig, StoreConfig, StudySpec  # noqa: E402
 from tasks.report.analysis import hanley_mcneil_se  # noqa: E402
-from tasks.study.driver import run_study  # noqa: E402
+from tasks.study.loop import run_study  # noqa: E402
 
 
 def run_one(pruner: str, seed: int, args: argparse.Namespace, root: Path) -> dict:

@@ -34,7 +34,7 @@ from prefect import flow
 
 from flows.hpo import study_flow
 from schemas.config import HpoConfig, StudySpec
-from tasks.study.tasks import read_study_summary
+from tasks.study.tasks import read_study_summary_task
 
 log = logging.getLogger("hpo")
 STUDY_DEPLOYMENT = "study/one"  # prefect.yaml: one study, handed to the work pool by the campaign
@@ -74,9 +74,9 @@ def run_lane(specs: list[StudySpec], config: HpoConfig, device: str) -> list[dic
     return [study_flow.with_options(flow_run_name=spec.base_name)(spec, on_device) for spec in specs]
 
 
-def run_stage(label: str, names: list[str], config: HpoConfig, smoke: bool, dispatch: Dispatch = "threads") -> list[dict]:
+def run_stage(label: str, names: list[str], config: HpoConfig, dispatch: Dispatch = "threads") -> list[dict]:
     specs = [StudySpec.parse(name) for name in names]
-    if smoke:
+    if config.smoke_switch:
         specs = [spec.as_smoke() for spec in specs]
     if dispatch == "work-pool":
         return run_stage_on_work_pool(specs, config)
@@ -129,7 +129,7 @@ def run_stage_on_work_pool(specs: list[StudySpec], config: HpoConfig, poll_s: fl
     failed = [f"{run.name} ({run.state.name}: {run.state.message or 'no message'})" for run in runs if not run.state.is_completed()]
     if failed:
         raise RuntimeError(f"study flow runs did not complete: {'; '.join(failed)}; see their logs in the Prefect UI")
-    return [read_study_summary(name, config) for name in names]
+    return [read_study_summary_task(name, config) for name in names]
 
 
 def resolve_dispatch(dispatch: Dispatch) -> Literal["work-pool", "threads"]:
@@ -170,7 +170,7 @@ def campaign_flow(
     summaries: dict[str, list[dict]] = {}
     for label, names in campaign_stages(rerun_20m_h5):
         try:
-            summaries[label] = run_stage(label, names, config, smoke, mode)
+            summaries[label] = run_stage(label, names, config, mode)
         except Exception as exc:
             raise RuntimeError(f"campaign stopped in stage '{label}': {exc}; fix the cause and run the campaign again to resume") from exc
         unfinished = [s["study"] for s in summaries[label] if s.get("state") != "complete"]
@@ -180,7 +180,7 @@ def campaign_flow(
                 "(timeout or stopped); run the campaign again to resume"
             )
     for plan in supplemental:
-        summaries[f"supplemental {plan}"] = supplemental_flow(plan=plan, config=config, smoke=smoke)
+        summaries[f"supplemental {plan}"] = supplemental_flow(plan=plan, config=config)  # the smoke switch travels in the config
     if report:
         from flows.report import report as report_flow
 

@@ -226,7 +226,7 @@ def run(
     """Run (or resume) the studies BUDGET_hH, one after another, as the Prefect `hpo` flow."""
     from flows.hpo import hpo_flow
     from tasks.study.progress import live_progress
-    from tasks.study.driver import optuna_storage, resolve_study_name
+    from tasks.study.store import optuna_storage, resolve_study_name
 
     base = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, timeout_hours=timeout_hours,
                         slots=slots, pruner=pruner, arch_space=arch_space)

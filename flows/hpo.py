@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from schemas.config import HpoConfig, StudySpec
-from tasks.study.tasks import finish_study, open_study, run_trials
+from tasks.study.tasks import finish_study_task, open_study_task, run_trials_as_tasks
 from tasks.training.tasks import fit_baselines
 
 
@@ -13,11 +13,11 @@ from tasks.training.tasks import fit_baselines
 def study_flow(spec: StudySpec, config: HpoConfig) -> dict:
     """One (budget, horizon) study until it has `n_trials` done trials (complete, plus pruned with a
     pruner), or this run stops."""
-    study = open_study(spec, config)
+    study = open_study_task(spec, config)
     if config.study.baselines:
         fit_baselines(config, study, spec.horizon)
-    stop_reason = run_trials(study, config)  # the driver's loop; each trial is a task run
-    return finish_study(study, config, stop_reason)
+    stop_reason = run_trials_as_tasks(study, config)  # the study loop; each trial is a task run
+    return finish_study_task(study, config, stop_reason)
 
 
 @flow(name="hpo")

@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from schemas.config import HpoConfig
-from tasks.study.tasks import retrain_trial
+from tasks.study.tasks import retrain_trial_task
 
 
 @flow(name="retrain")
@@ -16,7 +16,7 @@ def retrain_flow(trials: list[str], config: HpoConfig = HpoConfig()) -> list[dic
     results = []
     for entry in trials:
         study, _, trial = entry.partition(" ")
-        results.append(retrain_trial.with_options(task_run_name=f"{study} #{trial}")(study, trial.strip(), config))
+        results.append(retrain_trial_task.with_options(task_run_name=f"{study} #{trial}")(study, trial.strip(), config))
     create_table_artifact(key="retrain", table=results, description="re-trained configurations")
     failed = [r for r in results if r["state"] == "failed"]
     if failed:

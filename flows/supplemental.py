@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from schemas.config import HpoConfig
-from tasks.study.tasks import run_supplemental_plan
+from tasks.study.tasks import run_supplemental_plan_task
 
 
 @flow(name="supplemental")
@@ -14,7 +14,7 @@ def supplemental_flow(plan: str = "2M-L64", config: HpoConfig = HpoConfig(), smo
     """Run a supplemental plan ("2M-L64" or "20M-h5-L160-180"); completed entries are skipped."""
     if smoke:
         config = config.smoke()
-    results = run_supplemental_plan(plan, config, smoke)
+    results = run_supplemental_plan_task(plan, config)
     create_table_artifact(key=f"supplemental-{plan.lower()}", table=results, description=f"supplemental plan {plan}")
     failed = [r for r in results if r["state"] == "failed"]
     if failed:

@@ -7,7 +7,6 @@ frozen, so a config cannot change under a running study.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.arch_grid import BUDGETS, CURRENT_GRID_VERSION, GRID_VERSIONS, REAL_BUDGETS, smoke_budget
-from schemas.names import HORIZONS, STUDY_NAME, parse_horizon
+from schemas.names import STUDY_NAME, parse_horizon
 
 # How a study's sampler sees the architecture (tasks/study/space.py); chosen in bench/search_space.py.
 ArchSpaceKind = Literal["factored", "categorical"]
@@ -269,6 +268,7 @@ class HpoConfig(_Config):
     search: SearchSpace = SearchSpace()
     study: StudyConfig = StudyConfig()
     stores: StoreConfig = StoreConfig()
+    smoke_switch: bool = Field(False, description="set by smoke(): studies stand in on the smoke ladder with short trials")
 
     def smoke(self) -> HpoConfig:
         """The smoke switch: each study on its budget's smoke-ladder band (`StudySpec.as_smoke`),
@@ -295,6 +295,7 @@ class HpoConfig(_Config):
                 "train": train,
                 "search": self.search.model_copy(update={"learning_rates": SMOKE_LEARNING_RATES}),
                 "study": self.study.model_copy(update={"n_trials": min(self.study.n_trials, 8)}),
+                "smoke_switch": True,
             }
         )
 

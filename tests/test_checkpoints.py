@@ -47,11 +47,11 @@ def test_only_the_best_finished_trials_weights_are_kept_here_and_in_mlflow(store
     study.ask()  # trial 2: still running
     study.add_trial(create_trial(value=0.5))
 
-    checkpoints.prune(client, experiment, folder, study)
+    checkpoints.discard_weights(client, experiment, folder, study)
 
     assert sorted(p.name for p in folder.glob("*.pt")) == ["trial_1.pt", "trial_2.pt"]
     tags = {n: client.get_run(run).data.tags.get(T.TAG_CHECKPOINT) for n, run in enumerate(runs)}
-    assert tags == {0: "pruned", 1: "stored", 2: "stored", 3: None}
+    assert tags == {0: "deleted", 1: "stored", 2: "stored", 3: None}
     assert not client.list_artifacts(runs[0], T.CHECKPOINT_DIR)
 
     # Finishing on a worker without the file: the best's weights come from its run...
@@ -64,7 +64,8 @@ def test_only_the_best_finished_trials_weights_are_kept_here_and_in_mlflow(store
 
 @pytest.mark.slow
 def test_finishing_without_the_best_weights_fails_and_a_rerun_with_them_registers_the_model(smoke_config: HpoConfig):
-    from tasks.study.driver import finish_study, open_study
+    from tasks.study.finish import finish_study
+    from tasks.study.store import open_study
     from tasks.training.trainer import build_model
 
     # categorical: the trial added below is drawn over arch_idx, as its params say

@@ -39,13 +39,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(600)]
 LOOP = """
 import sys
 from schemas.config import HpoConfig, StudySpec
-from tasks.study.driver import open_study, run_trials
+from tasks.study.loop import run_trials
+from tasks.study.store import open_study
 run_trials(open_study(StudySpec.parse(sys.argv[1]), HpoConfig.model_validate_json(sys.argv[2])))
 """
 FINISH = """
 import sys
 from schemas.config import HpoConfig, StudySpec
-from tasks.study.driver import finish_study, open_study
+from tasks.study.finish import finish_study
+from tasks.study.store import open_study
 print(finish_study(open_study(StudySpec.parse(sys.argv[1]), HpoConfig.model_validate_json(sys.argv[2]))))
 """
 
@@ -152,7 +154,7 @@ def test_two_workers_without_a_shared_disk_and_the_other_worker_finishes(stores,
     # Only the best trial's weights are left in MLflow; the finisher's folder is empty.
     stored = client.search_runs([experiment.experiment_id], f"tags.{T.TAG_CHECKPOINT} = 'stored'")
     assert [r.info.run_id for r in stored] == [best_run.info.run_id]
-    for run in client.search_runs([experiment.experiment_id], f"tags.{T.TAG_CHECKPOINT} = 'pruned'"):
+    for run in client.search_runs([experiment.experiment_id], f"tags.{T.TAG_CHECKPOINT} = 'deleted'"):
         assert not client.list_artifacts(run.info.run_id, T.CHECKPOINT_DIR)
     assert not list(other.rglob("*.pt"))
 

@@ -13,7 +13,9 @@ from optuna.trial import TrialState, create_trial
 from models.arch_grid import forced_extremes, get_architectures_for_budget
 from schemas.config import HpoConfig, SearchSpace, StoreConfig, StudyConfig, StudySpec
 from tasks.study import space
-from tasks.study.driver import WAIT, StudyHandle, _is_surplus, _LoopState, next_trial, optuna_storage
+from tasks.study.loop import NoClaim, _is_surplus, _LoopState, next_trial
+from tasks.study.store import StudyHandle, optuna_storage
+from tasks.study.trial import Claim
 
 SEARCH = SearchSpace()
 
@@ -113,10 +115,10 @@ def test_pruned_trials_count_towards_n_trials(tmp_path: Path):
     assert handle.counts().items() >= {"complete": 3, "pruned": 1, "done": 4, "failed": 1}.items()
     loop = _LoopState(started=0.0)
     claimed = next_trial(handle, loop, block=False)  # 4 done: one slot left
-    assert isinstance(claimed, int)
-    assert next_trial(handle, loop, block=False) == WAIT  # 4 done + 1 running = n_trials
-    handle.study.tell(claimed, state=TrialState.PRUNED)
-    assert next_trial(handle, loop, block=False) is None  # 3 complete + 2 pruned: done
+    assert isinstance(claimed, Claim)
+    assert next_trial(handle, loop, block=False) is NoClaim.WAIT  # 4 done + 1 running = n_trials
+    handle.study.tell(claimed.number, state=TrialState.PRUNED)
+    assert next_trial(handle, loop, block=False) is NoClaim.DONE  # 3 complete + 2 pruned: done
 
 
 def test_a_claim_beyond_n_trials_counting_pruned_is_surplus(tmp_path: Path):
@@ -134,7 +136,7 @@ def test_pruners_step_in_epochs_and_stop_only_the_worse_trials(kind: str):
     pruner stops some, each below the best complete trial; without one, none is stopped."""
     from random import Random
 
-    from tasks.study.driver import make_pruner
+    from tasks.study.store import make_pruner
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner(kind, StudyConfig(), max_epochs=8))
     rng, pruned = Random(0), []

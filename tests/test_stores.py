@@ -11,7 +11,7 @@ from schemas.config import HpoConfig, StoreConfig
 
 
 def _open_both(root: str, barrier) -> str:
-    from tasks.study.driver import optuna_storage
+    from tasks.study.store import optuna_storage
     from tasks.tracking.runs import get_or_create_experiment, mlflow_client
 
     stores = StoreConfig(root=Path(root))

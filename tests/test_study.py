@@ -24,7 +24,8 @@ from models.arch_grid import forced_extremes, get_architectures_for_budget
 from schemas import tracking as T
 from schemas.config import HpoConfig, StoreConfig, StudyConfig, StudySpec
 from schemas.trial import FAULT_ENV
-from tasks.study.driver import open_study, optuna_storage, run_study
+from tasks.study.loop import run_study
+from tasks.study.store import open_study, optuna_storage
 from helpers import postgres_database
 
 REPO = Path(__file__).resolve().parent.parent
@@ -212,7 +213,7 @@ def test_hung_trial_is_killed_and_failed(smoke_config, monkeypatch):
 
 
 def test_failure_limit_stops_the_run_and_resume_continues(smoke_config, monkeypatch):
-    from tasks.study.driver import StudyStopped
+    from tasks.study.store import StudyStopped
 
     study = smoke_config.study.model_copy(update={"n_trials": 2, "max_failed_trials": 1})
     config = smoke_config.model_copy(update={"study": study})
@@ -349,12 +350,12 @@ def test_pruning_stops_bad_trials_never_extremes_and_keeps_counts_on_resume(smok
     assert (first["state"], first["complete"], first["pruned"]) == ("complete", 6, 1)
 
     # a worker claims trial 7 and dies before training it: no heartbeat from now on
-    from tasks.study.driver import _LoopState, next_trial
+    from tasks.study.loop import _LoopState, next_trial
 
     resumed = config.model_copy(update={"study": study.model_copy(update={"n_trials": 8, "pruner": "none", "arch_space": "categorical"})})
     handle = open_study(spec, resumed)
     assert (handle.arch_space, handle.pruner) == ("factored", "median")  # kept, though the rerun asked otherwise
-    assert next_trial(handle, _LoopState(started=time.monotonic())) == 7
+    assert next_trial(handle, _LoopState(started=time.monotonic())).number == 7
 
     second = run_study(spec, resumed)
     assert (second["state"], second["complete"], second["pruned"]) == ("complete", 6, 2)

@@ -6,9 +6,10 @@ lifecycle, which the driver follows:
   best so far, its weights become the artifact `checkpoint/trial_N.pt` of its trial run (tag
   `checkpoint=stored`). Uploading before the trial counts as complete means that whichever worker
   finds the study complete also finds its best trial's weights in MLflow.
-- `prune`, after every finished trial and when a worker finishes the study: every finished
-  trial's weights but the best's are deleted, in this worker's folder and in MLflow (tag
-  `checkpoint=pruned`). A 2B checkpoint is gigabytes; the search keeps O(log n) uploads.
+- `discard_weights`, after every finished trial and when a worker finishes the study: every
+  finished trial's weights but the best's are deleted, in this worker's folder and in MLflow (tag
+  `checkpoint=deleted`; runs logged before 2026-12 say `checkpoint=pruned`, which meant the same).
+  A 2B checkpoint is gigabytes; the search keeps O(log n) uploads.
 - `fetch`, when finishing the study: the best trial's weights from this worker's folder, or else
   from MLflow; `CheckpointMissing` (with the reason and the fix) when neither has them.
 - `log_best_model`: the best weights as an MLflow PyTorch model on the study run, registered as a
@@ -34,7 +35,7 @@ from tasks.tracking.runs import active_run, search_all_runs
 log = logging.getLogger("hpo")
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-STORED, PRUNED = "stored", "pruned"
+STORED, DELETED = "stored", "deleted"
 
 
 class CheckpointMissing(RuntimeError):
@@ -73,7 +74,7 @@ def store_if_best(client: MlflowClient, run_id: str, checkpoint: Path, value: fl
     return True
 
 
-def prune(client: MlflowClient, experiment_id: str, checkpoint_dir: Path, study: optuna.Study) -> None:
+def discard_weights(client: MlflowClient, experiment_id: str, checkpoint_dir: Path, study: optuna.Study) -> None:
     """Delete the weights of every finished trial but the best, here and in MLflow.
 
     The candidates are listed before the study's best is read: a trial that finished in between
@@ -97,9 +98,9 @@ def prune(client: MlflowClient, experiment_id: str, checkpoint_dir: Path, study:
         if obsolete(int(number) if number is not None else None):
             try:
                 get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri).delete_artifacts(T.CHECKPOINT_DIR)
-                client.set_tag(run.info.run_id, T.TAG_CHECKPOINT, PRUNED)
-            except Exception as exc:  # noqa: BLE001 - a later prune retries; nothing depends on it
-                log.warning("Weights of trial %s not pruned from MLflow: %s", number, exc)
+                client.set_tag(run.info.run_id, T.TAG_CHECKPOINT, DELETED)
+            except Exception as exc:  # noqa: BLE001 - a later call retries; nothing depends on it
+                log.warning("Weights of trial %s not deleted from MLflow: %s", number, exc)
 
 
 def fetch(client: MlflowClient, run_id: str | None, number: int, checkpoint_dir: Path) -> Path:

@@ -57,8 +57,29 @@ class TrialProgress:
             self._progress.advance(self._studies[study], 0)
 
 
-def current_progress() -> TrialProgress | None:
-    return _current.get()
+class NoProgress(TrialProgress):
+    """What a run without a terminal shows: nothing (its log lines carry the progress), so callers
+    never check for a display."""
+
+    def __init__(self) -> None:
+        pass
+
+    def study(self, name: str, n_trials: int, complete: int) -> None:
+        pass
+
+    def trial_started(self, study: str, number: int, description: str) -> None:
+        pass
+
+    def on_event(self, study: str, number: int, event: dict) -> None:
+        pass
+
+    def trial_finished(self, study: str, number: int, summary: str) -> None:
+        pass
+
+
+def current_progress() -> TrialProgress:
+    """The terminal's bars installed by `live_progress`, or NoProgress."""
+    return _current.get() or NoProgress()
 
 
 @contextmanager

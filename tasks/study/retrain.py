@@ -27,11 +27,10 @@ from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
 from tasks.data.dataset import cached_dataset
-from tasks.study.driver import end_trial_run, log_epoch, trial_params
-from tasks.study.trial_process import run_trial_process
+from tasks.study.tracked_run import RunTarget, evaluate_in_process, run_tracked, trial_params
+from tasks.study.trial_process import TrialOutcome
 from tasks.tracking.predictions import log_scores_file, scores_path
-from tasks.tracking.datasets import log_dataset_input, prepared_dataset_entity
-from tasks.tracking.runs import end_run, ensure_study_run, log_batch, mlflow_client, search_all_runs, start_run
+from tasks.tracking.runs import ensure_study_run, log_batch, mlflow_client, search_all_runs
 
 log = logging.getLogger("hpo")
 
@@ -113,45 +112,43 @@ def retrain(config: HpoConfig, study: str, trial: str) -> RetrainResult:
     seed = config.train.seed
     parent = ensure_study_run(client, experiment_id, study=study, budget=spec.budget, horizon=spec.horizon,
                               version=spec.version or 1, source="retrain", smoke_of=spec.smoke_of)  # fmt: skip
-    run_id = start_run(
-        client, experiment_id, run_kind="retrain", source="retrain", name=f"{T.trial_run_name(study, trial)} retrained",
-        study=study, parent_run_id=parent,
-        tags={
-            T.TAG_RETRAIN_OF: selected.info.run_id,
-            T.TAG_BUDGET: budget,
-            T.TAG_HORIZON: spec.horizon,
-            T.TAG_TRIAL_NUMBER: trial,
-            T.TAG_STATE: "running",
-        },
+    target = RunTarget(
+        experiment_id=experiment_id, parent_run_id=parent, study=study, run_kind="retrain", source="retrain",
+        name=f"{T.trial_run_name(study, trial)} retrained",
+        tags={T.TAG_RETRAIN_OF: selected.info.run_id, T.TAG_BUDGET: budget, T.TAG_HORIZON: spec.horizon,
+              T.TAG_TRIAL_NUMBER: trial},
         params=trial_params(budget, spec.horizon, CURRENT_GRID_VERSION, arch, hparams, config.train.batch_size, seed),
     )  # fmt: skip
-    log.info("Re-training %s #%s (%s parameters) as run %s", study, trial, f"{arch.params:,}", run_id)
     _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
-    log_dataset_input(client, run_id, prepared_dataset_entity(dataset_path, config.data))
-    checkpoint = config.stores.checkpoint_dir(study) / f"retrain_{trial}.pt"
-    request = dict(trial_number=-1, dataset_path=dataset_path, window=config.data.window, arch=arch, train=config.train,
-                   checkpoint_path=checkpoint)  # fmt: skip
-    try:
-        trained = run_trial_process(TrialRequest(**request, **hparams), on_event=lambda e: log_epoch(client, run_id, e),
-                                    stall_timeout_s=config.study.stall_timeout_s)  # fmt: skip
+    request = TrialRequest(trial_number=-1, dataset_path=dataset_path, window=config.data.window, arch=arch,
+                           train=config.train, checkpoint_path=config.stores.checkpoint_dir(study) / f"retrain_{trial}.pt",
+                           **hparams)  # fmt: skip
+    scored: dict[str, float] = {}
+
+    def score_on_test(run_id: str, trained: TrialOutcome) -> TrialOutcome | None:
+        """Between training and the run's end: the val scores, then the test split scored and logged."""
         if not trained.complete:
-            end_trial_run(client, run_id, trained)
-            return RetrainResult(study, trial, "failed", f"{trained.failure_kind}: {trained.reason}", run_id)
-        log_scores_file(client, run_id, scores_path(checkpoint, "val"))
-        scored = run_trial_process(TrialRequest(**request, mode="evaluate", split="test"),
-                                   stall_timeout_s=config.study.stall_timeout_s)  # fmt: skip
-        if not scored.complete or not log_scores_file(client, run_id, scores_path(checkpoint, "test")):
-            reason = scored.reason if not scored.complete else "the test scores could not be logged"
-            end_run(client, run_id, "failed", {T.TAG_FAILURE_KIND: scored.failure_kind or "error",
-                                               T.TAG_FAILURE_REASON: f"test evaluation: {reason}"[:4000]})  # fmt: skip
-            return RetrainResult(study, trial, "failed", f"test evaluation: {reason}", run_id, trained.result["val_auc"])
-        test_auc = float(scored.result["auc"])
-        log_batch(client, run_id, metrics={"test_auc": test_auc})
-        end_trial_run(client, run_id, trained)
-    finally:
-        for leftover in (checkpoint, scores_path(checkpoint, "val"), scores_path(checkpoint, "test")):
-            leftover.unlink(missing_ok=True)
-    val_auc = float(trained.result["val_auc"])
+            return None
+        scored["val_auc"] = float(trained.result["val_auc"])
+        log_scores_file(client, run_id, scores_path(request.checkpoint_path, "val"))
+        evaluation = evaluate_in_process(request, "test", config.study.stall_timeout_s)
+        if not evaluation.complete or not log_scores_file(client, run_id, scores_path(request.checkpoint_path, "test")):
+            reason = evaluation.reason if not evaluation.complete else "the test scores could not be logged"
+            return TrialOutcome("failed", failure_kind=evaluation.failure_kind or "error", reason=f"test evaluation: {reason}")
+        scored["test_auc"] = float(evaluation.result["auc"])
+        log_batch(client, run_id, metrics={"test_auc": scored["test_auc"]})
+        return None
+
+    tracked = run_tracked(client, target, request, config.data, stall_timeout_s=config.study.stall_timeout_s,
+                          on_started=lambda run_id: log.info("Re-training %s #%s (%s parameters) as run %s", study, trial,
+                                                             f"{arch.params:,}", run_id),
+                          before_end=score_on_test)  # fmt: skip
+    run_id, outcome = tracked.run_id, tracked.outcome
+    if not outcome.complete and "val_auc" in scored:  # trained, then the test evaluation failed
+        return RetrainResult(study, trial, "failed", outcome.reason or "test evaluation failed", run_id, scored["val_auc"])
+    if not outcome.complete:
+        return RetrainResult(study, trial, "failed", f"{outcome.failure_kind}: {outcome.reason}", run_id)
+    val_auc, test_auc = float(outcome.result["val_auc"]), scored["test_auc"]
     recorded = selected.data.metrics["val_auc"]
     detail = f"val AUC {val_auc:.4f} (recorded {recorded:.4f}), test AUC {test_auc:.4f}"
     if not math.isclose(val_auc, recorded, abs_tol=0.02):

@@ -24,10 +24,8 @@ from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
 from tasks.data.dataset import cached_dataset
-from tasks.study.driver import end_trial_run, log_epoch, trial_params
-from tasks.tracking.datasets import log_dataset_input, prepared_dataset_entity
-from tasks.tracking.runs import ensure_study_run, get_or_create_experiment, mlflow_client, search_all_runs, start_run
-from tasks.study.trial_process import run_trial_process
+from tasks.study.tracked_run import RunTarget, run_tracked, trial_params
+from tasks.tracking.runs import ensure_study_run, get_or_create_experiment, mlflow_client, search_all_runs, study_experiments
 
 log = logging.getLogger("hpo")
 
@@ -112,14 +110,8 @@ def main_study_spec(plan: SupplementalPlan, horizon: int, smoke_of: str | None) 
 
 def latest_experiment(client: MlflowClient, spec: StudySpec):
     """The newest version's experiment of a study (`20M_h5_v2` over `20M_h5`), or None."""
-    candidates = []
-    for experiment in client.search_experiments():
-        try:
-            found = StudySpec.parse(experiment.name)
-        except ValueError:
-            continue
-        if found.base_name == spec.base_name:
-            candidates.append((found.version or 1, experiment))
+    candidates = [(found.version or 1, experiment) for found, experiment in study_experiments(client)
+                  if found.base_name == spec.base_name]
     return max(candidates, key=lambda c: c[0])[1] if candidates else None
 
 
@@ -187,24 +179,23 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
         return SupplementalResult(study, entry.id, "skipped", "already complete")
 
     arch = explicit_architecture(spec.budget, entry.d_model, entry.n_layers, entry.n_heads, entry.d_ff)
-    seed = config.train.seed
     parent = ensure_study_run(
         client, experiment_id, study=study, budget=spec.budget, horizon=spec.horizon,
         version=StudySpec.parse(study).version or 1, source="supplemental", smoke_of=spec.smoke_of,
     )
-    run_id = start_run(
-        client, experiment_id, run_kind="trial", source="supplemental", name=T.trial_run_name(study, entry.id),
-        study=study, parent_run_id=parent,
+    target = RunTarget(
+        experiment_id=experiment_id, parent_run_id=parent, study=study, run_kind="trial", source="supplemental",
+        name=T.trial_run_name(study, entry.id),
         tags={
             T.TAG_SUPPLEMENTAL_ID: entry.id,
             T.TAG_BUDGET: spec.budget,
             T.TAG_HORIZON: spec.horizon,
             T.TAG_TRIAL_NUMBER: entry.id,
             T.TAG_EXTREME_TYPE: "none",
-            T.TAG_STATE: "running",
             T.TAG_HPARAMS_FROM_RUN: best_run,
         },
-        params=trial_params(spec.budget, spec.horizon, CURRENT_GRID_VERSION, arch, hparams, config.train.batch_size, seed),
+        params=trial_params(spec.budget, spec.horizon, CURRENT_GRID_VERSION, arch, hparams, config.train.batch_size,
+                            config.train.seed),
     )
     log.info(
         "Supplemental %s %s: d_model=%d, n_layers=%d, n_heads=%d, d_ff=%d, params=%s, lr=%g, dropout=%g, weight_decay=%g",
@@ -212,23 +203,11 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
         hparams["learning_rate"], hparams["dropout"], hparams["weight_decay"],
     )
     _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
-    log_dataset_input(client, run_id, prepared_dataset_entity(dataset_path, config.data))
-    checkpoint = config.stores.checkpoint_dir(study) / f"supplemental_{entry.id}.pt"
-    outcome = run_trial_process(
-        TrialRequest(
-            trial_number=-1,
-            dataset_path=dataset_path,
-            window=config.data.window,
-            arch=arch,
-            train=config.train,
-            checkpoint_path=checkpoint,
-            **hparams,
-        ),
-        on_event=lambda event: log_epoch(client, run_id, event),
-        stall_timeout_s=config.study.stall_timeout_s,
+    request = TrialRequest(
+        trial_number=-1, dataset_path=dataset_path, window=config.data.window, arch=arch, train=config.train,
+        checkpoint_path=config.stores.checkpoint_dir(study) / f"supplemental_{entry.id}.pt", **hparams,
     )
-    checkpoint.unlink(missing_ok=True)
-    end_trial_run(client, run_id, outcome)
+    outcome = run_tracked(client, target, request, config.data, stall_timeout_s=config.study.stall_timeout_s).outcome
     if outcome.complete:
         return SupplementalResult(study, entry.id, "complete", f"{params:,} parameters", outcome.result["val_auc"])
     return SupplementalResult(study, entry.id, "failed", f"{outcome.failure_kind}: {outcome.reason}")

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from schemas.trial import EVENT_PREFIX, FAULT_ENV, NOOP_RESULT, TrialRequest
+from schemas.trial import EVENT_PREFIX, NOOP_RESULT, TrialRequest
+from tasks.study.faults import NoFaults, faults_for
 
 
 def emit(event: str, **fields: object) -> None:
@@ -31,62 +32,39 @@ def die_with_parent() -> None:
         pass  # not Linux: the driver's own cleanup still kills us on normal exits
 
 
-def injected_fault(trial_number: int) -> str | None:
-    faults = json.loads(os.environ.get(FAULT_ENV, "{}"))
-    return faults.get(str(trial_number))
-
-
 # Within an epoch the trial says it is alive at most this often: a 2B epoch can take an hour,
 # and the driver must tell a slow epoch from a hung kernel (its stall timeout).
 ALIVE_EVERY_S = 10.0
 
 
-def _train(request: TrialRequest) -> int:
+def _train(request: TrialRequest, faults: NoFaults) -> int:
     import torch
 
     from tasks.data.prepared import PreparedData
     from tasks.training.trainer import Hyperparams, TrialFailure, train_model
 
-    fault = injected_fault(request.trial_number)
-    if fault == "crash":
-        os._exit(139)  # like a segfault: no event, no cleanup
-    if fault == "hang":
-        time.sleep(10**6)
+    faults.before_load()
     data = PreparedData.load(request.dataset_path)
     emit("ready")
-    if fault == "nan":
-        data.features[:] = float("nan")  # the real divergence check must catch it
-    if fault == "noise":
-        import numpy as np
-
-        data.features[:] = np.random.default_rng(request.trial_number).standard_normal(data.features.shape)
-    arch = request.arch
+    faults.after_load(data)
 
     def on_epoch(metrics: dict[str, float]) -> None:
-        if fault == "oom":  # raised inside the training loop: the trainer's own OOM handling reports it
-            raise torch.OutOfMemoryError("CUDA out of memory (injected by HPO_INJECT_FAULTS)")
+        faults.after_epoch()
         emit("epoch", **metrics)
 
     last_alive = time.monotonic()
 
     def on_step(epoch: int, step: int) -> None:
         nonlocal last_alive
-        if fault == "fill_gpu" and step == 1:
-            fill_gpu(request.train.device)
+        faults.at_step(step, request.train.device)
         if time.monotonic() - last_alive >= ALIVE_EVERY_S:
             last_alive = time.monotonic()
             emit("alive", epoch=epoch, step=step)
 
+    hparams = Hyperparams(request.learning_rate, request.dropout, request.weight_decay)
     try:
-        result, state = train_model(
-            data,
-            arch,
-            Hyperparams(request.learning_rate, request.dropout, request.weight_decay),
-            request.train,
-            request.window,
-            on_epoch=on_epoch,
-            on_step=on_step,
-        )
+        result, state = train_model(data, request.arch, hparams, request.train, request.window,
+                                    on_epoch=on_epoch, on_step=on_step)  # fmt: skip
     except TrialFailure as failure:
         emit("failed", kind=failure.kind, reason=str(failure))
         return 3
@@ -95,28 +73,9 @@ def _train(request: TrialRequest) -> int:
     tmp = request.checkpoint_path.with_suffix(".tmp")
     torch.save({"arch": request.arch.as_dict(), "state": state, "dropout": request.dropout}, tmp)
     tmp.replace(request.checkpoint_path)
-    write_scores(request, data, arch, state, "val")
+    write_scores(request, data, request.arch, state, "val")
     emit("result", **result.as_dict(), finish_seconds=time.perf_counter() - finish_started)
     return 0
-
-
-def fill_gpu(requested: str) -> None:
-    """Allocate 1 GiB blocks until CUDA's allocator raises torch.OutOfMemoryError: the real failure,
-    with the GPU really full (the blocks are let go before the error leaves this function)."""
-    import torch
-
-    from tasks.training.trainer import resolve_device
-
-    device = resolve_device(requested)
-    if device.type != "cuda":  # on a CPU this would take the machine's memory, not fail a trial
-        raise RuntimeError(f"the fill_gpu fault needs CUDA; this trial runs on {device}")
-    blocks = []
-    try:
-        while True:
-            blocks.append(torch.empty(1 << 30, dtype=torch.uint8, device=device))
-    except torch.OutOfMemoryError:
-        blocks.clear()  # now, not when the traceback that holds this frame goes: the trainer empties the cache
-        raise
 
 
 def write_scores(request: TrialRequest, data, arch, state, split: str) -> float:
@@ -154,7 +113,7 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(request.threads)
-    return _train(request) if request.mode == "train" else _evaluate(request)
+    return _train(request, faults_for(request.trial_number)) if request.mode == "train" else _evaluate(request)
 
 
 if __name__ == "__main__":

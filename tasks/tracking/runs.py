@@ -22,12 +22,12 @@ from functools import cache
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Experiment, Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from schemas import tracking as T
-from schemas.config import StoreConfig
+from schemas.config import StoreConfig, StudySpec
 
 # MLflow logs a line per database migration on first use of a store; keep the terminal readable.
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -149,6 +149,28 @@ def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_stri
         token = page.token
         if not token:
             return runs
+
+
+def search_all_experiments(client: MlflowClient) -> list[Experiment]:
+    """Every active experiment, following pagination."""
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        experiments.extend(page)
+        token = page.token
+        if not token:
+            return experiments
+
+
+def study_experiments(client: MlflowClient) -> list[tuple[StudySpec, Experiment]]:
+    """Every experiment named as a study (`20M_h5`, `20M_h1_v2`, `smoke-20M_h5`), with its name read."""
+    found = []
+    for experiment in search_all_experiments(client):
+        try:
+            found.append((StudySpec.parse(experiment.name), experiment))
+        except ValueError:
+            continue
+    return found
 
 
 @cache

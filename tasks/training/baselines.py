@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from schemas.config import DataConfig, HpoConfig, StudySpec
-from schemas.names import HORIZONS, parse_horizon
+from schemas.names import HORIZONS, STUDY_NAME, parse_horizon
 from schemas.tracking import TAG_BASELINE_KEY, TAG_BASELINE_MODEL, TAG_HORIZON, TAG_RUN_KIND
 from tasks.data.dataset import SPLITS, PreparedData, cached_dataset, dataset_fingerprint
 from tasks.tracking.datasets import dataset_entity, log_dataset_input
@@ -45,6 +44,7 @@ from tasks.tracking.runs import (
     mlflow_client,
     search_all_runs,
     start_run,
+    study_experiments,
 )
 
 log = logging.getLogger(__name__)
@@ -331,24 +331,10 @@ def run_baselines(
 # --- the `hpo baselines` command's helpers ---
 
 
-def study_experiments(config: HpoConfig, horizon: int) -> list[str]:
+def study_experiments_at(config: HpoConfig, horizon: int) -> list[str]:
     """Names of the existing study experiments at a horizon (`smoke_h1`, `20M_h1_v2`, ...)."""
-    client, experiments, token = mlflow_client(config.stores), [], None
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        experiments.extend(page)
-        token = page.token
-        if not token:
-            break
-    names = []
-    for experiment in experiments:
-        try:
-            spec = StudySpec.parse(experiment.name)
-        except ValueError:
-            continue
-        if spec.horizon == horizon:
-            names.append(experiment.name)
-    return sorted(names)
+    found = study_experiments(mlflow_client(config.stores))
+    return sorted(experiment.name for spec, experiment in found if spec.horizon == horizon)
 
 
 def baseline_targets(config: HpoConfig, horizons: list[str], studies: list[str]) -> dict[int, list[str]]:
@@ -358,12 +344,12 @@ def baseline_targets(config: HpoConfig, horizons: list[str], studies: list[str])
     if studies:
         targets: dict[int, list[str]] = {}
         for name in studies:
-            match = re.search(r"_h(\d+)(?:_v\d+)?$", name)
+            match = STUDY_NAME.match(name.strip())
             if not match:
                 raise ValueError(f"cannot read a horizon from study {name!r}; name it like 20M_h1, 20M_h1_v2 or baselines_h1")
-            targets.setdefault(parse_horizon(match[1]), []).append(name)
+            targets.setdefault(parse_horizon(match["horizon"]), []).append(name)
         return targets
-    return {h: study_experiments(config, h) or [f"baselines_h{h}"] for h in map(parse_horizon, horizons or HORIZONS)}
+    return {h: study_experiments_at(config, h) or [f"baselines_h{h}"] for h in map(parse_horizon, horizons or HORIZONS)}
 
 
 def baseline_table(config: HpoConfig, study: str, horizon: int) -> list[dict[str, object]]:
