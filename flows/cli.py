@@ -143,23 +143,46 @@ def train(
 
 @app.command()
 def recover(
-    inputs: Annotated[list[Path], typer.Argument(help="legacy .log files, old trial .json files, or folders of them", exists=True)],
     out: Annotated[Path, typer.Option("--out", help="folder for the recovered <experiment>.json files")],
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        help="legacy .log files, old trial .json files, trials_dataframe() .csv files, or folders of .log/.json files",
+        exists=True)] = None,
     grid_version: Annotated[int | None, typer.Option(help="grid version the logs' arch_idx refer to (default: 1, the legacy grid)")] = None,
+    grid: Annotated[str | None, typer.Option("--grid", help="look arch_idx up in your own grid: a JSON file of entries "
+                    "per budget, or package.module:function(budget, num_features=25)")] = None,
+    optuna_storage: Annotated[str | None, typer.Option("--optuna-storage", help="also read an Optuna storage: an SQLite "
+                              "file, a journal file or an RDB URL")] = None,
+    study: Annotated[list[str] | None, typer.Option("--study", help="a study of --optuna-storage to read (repeat it; "
+                     "default: every study)")] = None,
     import_mlflow: Annotated[bool, typer.Option("--import-mlflow", help="also import the trials into MLflow (idempotent)")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="any problem: write nothing and exit 1")] = False,
     root: Root = None,
 ) -> None:
-    """Recover legacy trials, n_heads included, from old HPO logs or trial JSON files."""
+    """Recover legacy trials, n_heads included, from old HPO logs, trial JSON or CSV files, or an Optuna storage."""
     from rich import box
 
     from flows.recover import recover as recover_flow
     from schemas.legacy import RecoverRequest
+    from tasks.legacy.grids import GridError, load_grid
+    from tasks.legacy.optuna_sources import open_storage, StorageError, study_names
 
     try:
-        request = RecoverRequest(inputs=inputs, out=out, grid_version=grid_version, import_mlflow=import_mlflow,
+        request = RecoverRequest(inputs=inputs or [], out=out, grid_version=grid_version, grid=grid,
+                                 optuna_storage=optuna_storage, studies=study or [], import_mlflow=import_mlflow,
                                  strict=strict, stores=build_config(root).stores)
     except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    # Inputs that cannot be read at all are refused here, before the flow writes anything.
+    try:
+        if grid:
+            load_grid(grid)
+        if optuna_storage:
+            opened = open_storage(optuna_storage)
+            try:
+                study_names(opened, study or [])
+            finally:
+                opened.close()
+    except (GridError, StorageError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     report = recover_flow(request)
     # Per experiment: trials, complete, n_heads logged / recovered / unrecoverable, problems, and

@@ -156,8 +156,14 @@ class LegacyExperiment(_Legacy):
     budget: str
     horizon: int
     grid_version: int = LEGACY_GRID_VERSION
-    source_log: str = Field(description="the file the trials were read from (a log, or an older JSON)")
+    grid_source: str | None = Field(None, description="the researcher's grid n_heads was looked up in (--grid): "
+                                    "a JSON file or package.module:function; None: our grid of grid_version")
+    grid_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="fingerprint of that grid's entries of this budget")
+    source_log: str = Field(description="where the trials were read from: a log, a JSON or trials CSV file, or "
+                            "an Optuna storage (URL#study)")
     source_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    reconciled_with: list[str] = Field(default_factory=list, description="other sources of the same experiment, "
+                                       "merged in trial by trial (source_log's values win where both give one)")
     planned_trials: int | None = Field(None, ge=1, description="n_trials the run was started with")
     completed_trials: int = Field(ge=0, description="trials in state complete")
     timed_out: bool = Field(False, description="the run was cut short by its timeout")
@@ -222,6 +228,7 @@ class ExperimentSummary(_Legacy):
     complete: int
     failed: int
     incomplete: int
+    pruned: int = 0
     restarts: int = Field(description="earlier starts of a repeated trial number (they count as failed)")
     n_heads_logged: int
     n_heads_recovered: int
@@ -235,9 +242,14 @@ class ExperimentSummary(_Legacy):
 class RecoverRequest(_Legacy):
     """The parameters of the `recover` flow (and of `hpo recover`)."""
 
-    inputs: list[Path] = Field(min_length=1, description="legacy .log files or trial .json files")
+    inputs: list[Path] = Field(default_factory=list, description="legacy .log files, trial .json files, "
+                               "trials_dataframe() .csv files, or folders of .log and .json files")
     out: Path = Field(description="folder the recovered <experiment>.json files are written to")
     grid_version: int | None = Field(None, description=f"grid the logs' arch_idx refer to; default {LEGACY_GRID_VERSION}")
+    grid: str | None = Field(None, description="the researcher's grid instead: a JSON file of entries per budget, "
+                             "or package.module:function(budget, num_features=25)")
+    optuna_storage: str | None = Field(None, description="an Optuna storage to read: an SQLite or journal file, or an RDB URL")
+    studies: list[str] = Field(default_factory=list, description="studies of optuna_storage to read (default: all)")
     import_mlflow: bool = False
     strict: bool = Field(False, description="any problem: write and import nothing")
     stores: StoreConfig = StoreConfig()
@@ -246,6 +258,14 @@ class RecoverRequest(_Legacy):
     @classmethod
     def _known_grid(cls, version: int | None) -> int | None:
         return version if version is None else _check_grid_version(version)
+
+    @model_validator(mode="after")
+    def _something_to_read(self) -> RecoverRequest:
+        if not self.inputs and not self.optuna_storage:
+            raise ValueError("nothing to recover: give legacy files or folders, or --optuna-storage")
+        if self.studies and not self.optuna_storage:
+            raise ValueError("--study names a study of an Optuna storage: give --optuna-storage too")
+        return self
 
 
 class RecoverReport(_Legacy):

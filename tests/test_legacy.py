@@ -31,7 +31,7 @@ def reasons(problems) -> str:
 
 @pytest.fixture
 def mixed_log(tmp_path: Path) -> Path:
-    """Old and new start lines, a forced extreme, a failure, noise, a timeout and an open trial."""
+    """Old and new start lines, a forced extreme, a failure, noise, Optuna's own line, a timeout and an open trial."""
     return write_log(tmp_path / "2M_h1.log", [
         header(),
         start(0, GRID[3]),
@@ -41,8 +41,8 @@ def mixed_log(tmp_path: Path) -> Path:
         start(1, GRID[10], heads=True),
         failed(1),
         start(2, GRID[20], lr="5e-05"),
-        line("Trial 2 finished with value: 0.71 and parameters: {'arch_idx': 20}. Best is trial 2."),
         finished(2, auc=0.7212, val_loss=0.61, best_epoch=7),
+        line("Trial 2 finished with value: 0.7212 and parameters: {'arch_idx': 20}. Best is trial 2 with value: 0.7212."),
         start(3, GRID[30]),
         line("Timeout after 4.0 h: stopping at 3/50 trials", level="WARNING"),
     ])
@@ -117,7 +117,7 @@ def test_old_and_new_formats_recover_every_trial(mixed_log: Path) -> None:
 
 def test_noise_is_counted_and_only_record_like_lines_are_problems(mixed_log: Path) -> None:
     result = recover_file(mixed_log)
-    assert result.noise_lines == 2  # the progress bar and Optuna's own "finished with value" line
+    assert result.noise_lines == 1  # the progress bar; Optuna's own "finished with value" line agrees with the log's
     assert reasons(result.problems) == f"{mixed_log}:11: trial 3 never finished; recorded as incomplete"
 
 
@@ -438,7 +438,7 @@ def test_old_json_is_validated_and_rewritten_with_n_heads(tmp_path: Path) -> Non
     assert experiment.experiment == "2M_h1" and experiment.source_log == str(path)
     trials = {t.number: t for t in experiment.trials}
     assert (trials[0].n_heads, trials[0].n_heads_source, trials[0].learning_rate) == (GRID[0].n_heads, "recovered", 1e-4)
-    assert trials[0].extra == {"user_attrs": '{"gpu": "A100"}'}
+    assert trials[0].extra == {"gpu": "A100"}  # Optuna's user_attrs, read as the trial's own keys
     assert trials[1].state == "failed" and trials[1].failure_reason == "failed (no reason recorded)"
     assert trials[1].n_heads == GRID[11].n_heads
     assert trials[2].n_heads_source == "unrecoverable"

@@ -54,6 +54,8 @@ from tasks.tracking.runs import (
 # Importer-only tags (the report does not read them).
 TAG_LEGACY_SOURCE = "legacy_source"
 TAG_N_HEADS_NOTE = "n_heads_note"
+TAG_LEGACY_GRID_SOURCE = "legacy_grid_source"  # the researcher's grid n_heads was looked up in (--grid)
+TAG_LEGACY_GRID_SHA256 = "legacy_grid_sha256"
 ARTIFACT_DIR = "legacy"
 _MAX_TAG = 5000
 
@@ -71,6 +73,8 @@ def fingerprint(experiment: LegacyExperiment, trial: LegacyTrial) -> str:
         "budget": experiment.budget,
         "horizon": experiment.horizon,
     }
+    if experiment.grid_source:  # only then: fingerprints of runs imported without --grid stay as they were
+        content |= {"grid_source": experiment.grid_source, "grid_sha256": experiment.grid_sha256}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -112,6 +116,9 @@ def trial_tags(experiment: LegacyExperiment, trial: LegacyTrial) -> dict[str, st
         tags[TAG_FAILURE_REASON] = trial.failure_reason[:_MAX_TAG]
     if trial.n_heads_note:
         tags[TAG_N_HEADS_NOTE] = trial.n_heads_note[:_MAX_TAG]
+    if experiment.grid_source:
+        tags[TAG_LEGACY_GRID_SOURCE] = experiment.grid_source[:_MAX_TAG]
+        tags[TAG_LEGACY_GRID_SHA256] = experiment.grid_sha256 or "none"
     return tags
 
 
@@ -183,7 +190,8 @@ def import_experiment(experiment: LegacyExperiment, stores: StoreConfig, artifac
     return counts
 
 
-def source_artifact(experiment: LegacyExperiment, input_path: Path) -> Path:
-    """The original log when it is still where the experiment says, else the file read."""
+def source_artifact(experiment: LegacyExperiment, input_path: Path) -> Path | None:
+    """The original log when it is still where the experiment says, else the file read; None for
+    an Optuna storage (a database is not attached to every run)."""
     original = Path(experiment.source_log)
-    return original if original.is_file() else input_path
+    return original if original.is_file() else input_path if input_path.is_file() else None

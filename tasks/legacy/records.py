@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from schemas.legacy import LegacyExperiment, LegacyTrial, Problem
+from tasks.legacy.grids import BudgetGrid, ResearcherGrid
 from tasks.legacy.heads import recover_n_heads
+
+# What a source is, most faithful first: where two give the same experiment, the first one's values win.
+SOURCE_KINDS = ("optuna-storage", "trials-csv", "json", "log")
+# The reason a trial that did not complete gets when its source gives none (Optuna's storage never does).
+DEFAULT_REASONS = {"failed": "failed (no reason recorded)", "pruned": "pruned (per the source)",
+                   "incomplete": "never finished (per the source)"}
 
 
 @dataclass
@@ -32,9 +39,18 @@ class Recovered:
     """What one input file gave: its experiments and every problem met."""
 
     source: str
+    kind: str = "log"  # one of SOURCE_KINDS
     experiments: list[LegacyExperiment] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     noise_lines: int = 0
+
+
+def grid_of(grid: ResearcherGrid | None, budget: str) -> tuple[BudgetGrid | None, dict[str, str | None]]:
+    """The researcher's grid of `budget` (None: ours) and the experiment fields that record it."""
+    if grid is None:
+        return None, {}
+    found = grid.for_budget(budget)
+    return found, {"grid_source": grid.source, "grid_sha256": found.sha256}
 
 
 def validation_message(error: ValidationError) -> str:
@@ -48,13 +64,13 @@ def validation_message(error: ValidationError) -> str:
 
 
 def build_trial(
-    record: TrialRecord, budget: str, grid_version: int, problem: Callable[[str], None]
+    record: TrialRecord, budget: str, grid_version: int, problem: Callable[[str], None], grid: BudgetGrid | None = None
 ) -> LegacyTrial | None:
-    """A validated trial from a record; n_heads recovered. `problem(reason)` is told about
-    anything doubtful; None when the trial fails validation."""
+    """A validated trial from a record; n_heads recovered (in the researcher's `grid` when given).
+    `problem(reason)` is told about anything doubtful; None when the trial fails validation."""
     values = {"number": record.number, "state": record.state, **record.fields, "extra": record.extra}
     try:
-        lookup = recover_n_heads(values, budget, grid_version)
+        lookup = recover_n_heads(values, budget, grid_version, grid)
     except (TypeError, ValueError) as exc:  # a value of the wrong type in an old JSON file
         problem(f"trial {record.number}: cannot look up its architecture: {exc}; skipped")
         return None

@@ -1,8 +1,11 @@
-"""Legacy files in, validated experiments out: `recover_log` (a log, through `grammar.LogParser`),
-`recover_json` (one of our experiment files, or an older trial JSON file), `recover_file` for
-either, and the edges around them: `expand_inputs`, `write_experiment` / `load_experiment`,
-`dedupe_experiments` and `summarize` (the rows of `hpo recover`'s table). The Prefect tasks that
-wrap these for the `recover` flow are in `tasks/legacy/tasks.py`."""
+"""Legacy sources in, validated experiments out: `recover_log` (a log, through `grammar.LogParser`),
+`recover_json` (one of our experiment files, an older trial JSON file, or trials in Optuna's
+FrozenTrial shape), `recover_csv` (a `trials_dataframe()` export), `recover_file` for any of these,
+`recover_storage` (an Optuna storage, one result per study), and the edges around them:
+`expand_inputs`, `write_experiment` / `load_experiment` and `summarize` (the rows of `hpo
+recover`'s table). n_heads is looked up in our grid, or in the researcher's (`grid`,
+`tasks.legacy.grids`). The Prefect tasks that wrap these for the `recover` flow are in
+`tasks/legacy/tasks.py`."""
 
 from __future__ import annotations
 
@@ -26,7 +29,17 @@ from schemas.legacy import (
 )
 from schemas.names import study_in_text
 from tasks.legacy.grammar import clip, LoggedHeader, LoggedTrial, LogParser
-from tasks.legacy.records import build_trial, Recovered, TrialRecord, validation_message
+from tasks.legacy.grids import ResearcherGrid
+from tasks.legacy.optuna_sources import (
+    entries_sha256,
+    flatten_optuna,
+    IGNORED_KEYS,
+    open_storage,
+    read_trials_csv,
+    study_entries,
+    study_names,
+)
+from tasks.legacy.records import build_trial, DEFAULT_REASONS, grid_of, Recovered, TrialRecord, validation_message
 
 
 def read_lines(path: Path, digest: hashlib._Hash) -> Iterator[str]:
@@ -37,7 +50,7 @@ def read_lines(path: Path, digest: hashlib._Hash) -> Iterator[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
-def recover_log(path: Path, grid_version: int | None = None) -> Recovered:
+def recover_log(path: Path, grid_version: int | None = None, grid: ResearcherGrid | None = None) -> Recovered:
     """Parse a legacy log, recover n_heads and validate every experiment it holds."""
     source = str(path)
     study = study_in_text(path.name)
@@ -49,7 +62,8 @@ def recover_log(path: Path, grid_version: int | None = None) -> Recovered:
     result = Recovered(source=source, problems=parser.problems, noise_lines=parser.noise_lines)
     for name in sorted(set(parser.headers) | set(by_experiment), key=str):
         trials = sorted(by_experiment.get(name, []), key=lambda t: (t.number, t.attempt))
-        experiment = _build_log_experiment(name, parser.headers.get(name), trials, grid_version, source, digest.hexdigest(), result)
+        experiment = _build_log_experiment(name, parser.headers.get(name), trials, grid_version, grid, source,
+                                           digest.hexdigest(), result)
         if experiment is not None:
             result.experiments.append(experiment)
     return result
@@ -60,6 +74,7 @@ def _build_log_experiment(
     header: LoggedHeader | None,
     trials: list[LoggedTrial],
     grid_version: int | None,
+    grid: ResearcherGrid | None,
     source: str,
     sha256: str,
     result: Recovered,
@@ -83,6 +98,7 @@ def _build_log_experiment(
         return None
     if name and name != experiment:
         problem(line, f"experiment {name!r} is recovered as {experiment!r} (its budget and horizon)")
+    budget_grid, recorded = grid_of(grid, budget)
     built = []
     for logged in trials:
         record = TrialRecord(logged.number, logged.state, extra=logged.extra, fields={
@@ -90,12 +106,12 @@ def _build_log_experiment(
             **logged.values, "started_at": logged.started_at, "ended_at": logged.ended_at,
             "start_line": logged.start_line, "end_line": logged.end_line,
         })
-        trial = build_trial(record, budget, version, lambda reason, line=logged.start_line: problem(line, reason))
+        trial = build_trial(record, budget, version, lambda reason, line=logged.start_line: problem(line, reason), budget_grid)
         if trial is not None:
             built.append(trial)
     fields = {
         "experiment": experiment, "budget": budget, "horizon": horizon, "grid_version": version,
-        "source_log": source, "source_sha256": sha256,
+        "source_log": source, "source_sha256": sha256, **recorded,
         "completed_trials": sum(t.state == "complete" for t in built), "trials": built,
     }
     if header:
@@ -116,28 +132,38 @@ JSON_ALIASES = {
 }
 JSON_STATES = {
     "complete": "complete", "completed": "complete", "finished": "complete",
-    "fail": "failed", "failed": "failed", "pruned": "failed",
+    "fail": "failed", "failed": "failed", "pruned": "pruned",
     "running": "incomplete", "waiting": "incomplete", "incomplete": "incomplete",
 }
 _TRIAL_FIELDS = frozenset(LegacyTrial.model_fields) - {"extra", "n_heads_source", "n_heads_note"}
 
 
-def _normalize_json_trial(entry: dict, problem: Callable[[str], None]) -> TrialRecord | None:
+_NUMBER_ALIASES = frozenset(key for key, name in JSON_ALIASES.items() if name == "number")
+
+
+def _normalize_json_trial(entry: dict, problem: Callable[[str], None], unknown: set[str]) -> TrialRecord | None:
+    """One trial entry (ours, an older script's, or Optuna's FrozenTrial shape) as a record; keys
+    it does not understand are kept in extra and added to `unknown`."""
+    entry, free = flatten_optuna(entry, problem)
     fields: dict[str, object] = {}
     extra: dict[str, int | float | str] = {}
     for key, value in entry.items():
         name = JSON_ALIASES.get(key, key)
+        if key in _NUMBER_ALIASES and "number" in entry:  # Optuna's trial_id is not the trial's number
+            name = key
         if name in _TRIAL_FIELDS:
             fields[name] = value
-        elif name not in ("n_heads_source", "n_heads_note", "extra"):
-            extra[key] = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else json.dumps(value)
+        elif name not in ("n_heads_source", "n_heads_note", "extra") and key not in IGNORED_KEYS:
+            extra[key] = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else json.dumps(value, default=str)
+            if key not in free:
+                unknown.add(key)
     extra.update(entry.get("extra") or {})
     if entry.get("n_heads_source") == "recovered":  # recovered once: recover again, never take it on trust
         fields.pop("n_heads", None)
     try:
         number = int(fields.pop("number"))  # type: ignore[call-overload]
     except (KeyError, TypeError, ValueError):
-        problem(f"no readable trial number in {clip(json.dumps(entry), 80)}; skipped")
+        problem(f"no readable trial number in {clip(json.dumps(entry, default=str), 80)}; skipped")
         return None
     given = fields.pop("state", None)
     state = str(given or "").strip().lower().removeprefix("trialstate.")
@@ -150,46 +176,60 @@ def _normalize_json_trial(entry: dict, problem: Callable[[str], None]) -> TrialR
         return None
     record = TrialRecord(number, JSON_STATES[state], fields, extra)
     if record.state != "complete" and not fields.get("failure_reason"):
-        fields["failure_reason"] = "failed (no reason recorded)" if record.state == "failed" else "never finished (per the JSON file)"
+        fields["failure_reason"] = DEFAULT_REASONS[record.state]
     return record
 
 
-def recover_json(path: Path, grid_version: int | None = None) -> Recovered:
+def recover_json(path: Path, grid_version: int | None = None, grid: ResearcherGrid | None = None) -> Recovered:
     """An experiment JSON file, ours or an older one (n_heads null), validated, n_heads recovered."""
     source = str(path)
-    result = Recovered(source=source)
-
-    def problem(reason: str, line: int | None = None) -> None:
-        result.problems.append(Problem(file=source, line=line, reason=reason))
-
     data = path.read_bytes()
     try:
         document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problem(f"not readable JSON: {exc}; skipped", getattr(exc, "lineno", None))
-        return result
+        problem = Problem(file=source, line=getattr(exc, "lineno", None), reason=f"not readable JSON: {exc}; skipped")
+        return Recovered(source=source, kind="json", problems=[problem])
     meta = document if isinstance(document, dict) else {}
     entries = document.get("trials") if isinstance(document, dict) else document
+    result = Recovered(source=source, kind="json")
     if not isinstance(entries, list):
-        problem("expected a list of trials, or an object with a 'trials' list; skipped")
+        result.problems.append(Problem(file=source, reason="expected a list of trials, or an object with a 'trials' list; skipped"))
         return result
     if "schema_version" in meta:  # a file this module wrote: it must validate as it is
         try:
             LegacyExperiment.model_validate(meta)
         except ValidationError as exc:
-            problem(f"invalid recovered-experiment file: {validation_message(exc)}; skipped")
+            result.problems.append(Problem(file=source, reason=f"invalid recovered-experiment file: {validation_message(exc)}; skipped"))
             return result
+        if meta.get("grid_source") and (grid is None or grid.source != meta["grid_source"]):
+            result.problems.append(Problem(file=source, reason=f"its n_heads were recovered in the grid {meta['grid_source']}; "
+                                           f"recovering them again in {grid.source if grid else 'our grid'} (give --grid "
+                                           f"{meta['grid_source']} to use the same one)"))
+    return recover_entries(entries, meta, path.name, hashlib.sha256(data).hexdigest(), grid_version, grid, result)
+
+
+def recover_entries(
+    entries: list, meta: dict, name_hint: str, sha256: str, grid_version: int | None, grid: ResearcherGrid | None,
+    result: Recovered,
+) -> Recovered:
+    """Trial entries (JSON, CSV rows or a storage's trials, in any shape `_normalize_json_trial`
+    reads) and what is known of their experiment (`meta`) into one validated experiment."""
+    source = result.source
+
+    def problem(reason: str, line: int | None = None) -> None:
+        result.problems.append(Problem(file=source, line=line, reason=reason))
 
     recorded_version = meta.get("grid_version")
     version = recorded_version or grid_version or LEGACY_GRID_VERSION
     if recorded_version and grid_version and recorded_version != grid_version:
         problem(f"the file says grid_version {recorded_version}, --grid-version {grid_version} was given; used the file's")
     name = str(meta.get("experiment") or meta.get("study") or meta.get("name") or "")
-    study = study_in_text(name) or study_in_text(path.name)
+    study = study_in_text(name) or study_in_text(name_hint)
     budget = meta.get("budget") or (study[0] if study else None)
     horizon = meta.get("horizon") or (study[1] if study else None)
     if budget is None or horizon is None:
-        problem("cannot tell the budget and horizon: the file has no budget/horizon and its name does not say (e.g. 2M_h1.json); skipped")
+        problem(f"cannot tell the budget and horizon: {'the study' if result.kind == 'optuna-storage' else 'the file'} has no "
+                f"budget/horizon and its name does not say (name it like 2M_h1); skipped")
         return result
     try:
         experiment = experiment_name(str(budget), horizon, version)
@@ -197,7 +237,7 @@ def recover_json(path: Path, grid_version: int | None = None) -> Recovered:
         problem(f"{exc}; skipped")
         return result
 
-    records = []
+    records, unknown = [], set()
     for i, entry in enumerate(entries):
         def trial_problem(reason: str, i: int = i) -> None:
             problem(f"trials[{i}]: {reason}")
@@ -205,27 +245,31 @@ def recover_json(path: Path, grid_version: int | None = None) -> Recovered:
         if not isinstance(entry, dict):
             trial_problem("not an object; skipped")
             continue
-        record = _normalize_json_trial(entry, trial_problem)
+        record = _normalize_json_trial(entry, trial_problem, unknown)
         if record is not None:
             records.append((i, record))
+    if unknown:
+        problem(f"keys not understood, kept in each trial's extra: {', '.join(sorted(unknown))}")
     _number_attempts(records, problem)
 
+    budget_grid, recorded = grid_of(grid, str(budget))
     built = []
     for i, record in records:
-        trial = build_trial(record, str(budget), int(version), lambda reason, i=i: problem(f"trials[{i}]: {reason}"))
+        trial = build_trial(record, str(budget), int(version), lambda reason, i=i: problem(f"trials[{i}]: {reason}"), budget_grid)
         if trial is not None:
             built.append(trial)
     sha = meta.get("source_sha256")
     fields = {
         "experiment": experiment,
-        "budget": budget, "horizon": horizon, "grid_version": version,
+        "budget": budget, "horizon": horizon, "grid_version": version, **recorded,
         "source_log": meta.get("source_log") or source,
-        "source_sha256": sha if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) else hashlib.sha256(data).hexdigest(),
+        "source_sha256": sha if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) else sha256,
         "planned_trials": meta.get("planned_trials", meta.get("n_trials")),
         "completed_trials": sum(t.state == "complete" for t in built),
         "timed_out": bool(meta.get("timed_out", False)),
         "timeout_hours": meta.get("timeout_hours"),
         "stopped_at": meta.get("stopped_at"),
+        "reconciled_with": meta.get("reconciled_with") or [],
         "trials": sorted(built, key=lambda t: (t.number, t.attempt)),
     }
     try:
@@ -233,6 +277,38 @@ def recover_json(path: Path, grid_version: int | None = None) -> Recovered:
     except ValidationError as exc:
         problem(f"experiment {fields['experiment']}: {validation_message(exc)}; skipped")
     return result
+
+
+def recover_csv(path: Path, grid_version: int | None = None, grid: ResearcherGrid | None = None) -> Recovered:
+    """A `study.trials_dataframe().to_csv()` file (its name says the study, e.g. 2M_h1_trials.csv)."""
+    result = Recovered(source=str(path), kind="trials-csv")
+    try:
+        entries, errors = read_trials_csv(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        entries, errors = [], [f"cannot read it: {exc}; skipped"]
+    if errors:
+        result.problems.extend(Problem(file=str(path), reason=reason) for reason in errors)
+        return result
+    return recover_entries(entries, {}, path.name, hashlib.sha256(path.read_bytes()).hexdigest(), grid_version, grid, result)
+
+
+def recover_storage(
+    spec: str, studies: list[str] | None = None, grid_version: int | None = None, grid: ResearcherGrid | None = None
+) -> list[Recovered]:
+    """Every study of an Optuna storage (or those named), one result each; StorageError when the
+    storage cannot be opened or a named study is not in it."""
+    opened = open_storage(spec)
+    try:
+        results = []
+        for name in study_names(opened, list(studies or [])):
+            entries, attrs = study_entries(opened, name)
+            result = Recovered(source=f"{opened.label}#{name}", kind="optuna-storage")
+            meta = {"experiment": name, "budget": attrs.get("budget"), "horizon": attrs.get("horizon")}
+            sha = entries_sha256(entries) if opened.sha256 is None else opened.sha256
+            results.append(recover_entries(entries, meta, name, sha, grid_version, grid, result))
+        return results
+    finally:
+        opened.close()
 
 
 def _number_attempts(records: list[tuple[int, TrialRecord]], problem: Callable[[str], None]) -> None:
@@ -252,11 +328,12 @@ def _number_attempts(records: list[tuple[int, TrialRecord]], problem: Callable[[
                 record.state, record.fields["failure_reason"] = "failed", "superseded: the trial number appears again"
 
 
-def recover_file(path: Path, grid_version: int | None = None) -> Recovered:
-    """A `.json` file through `recover_json`, anything else through `recover_log`."""
+def recover_file(path: Path, grid_version: int | None = None, grid: ResearcherGrid | None = None) -> Recovered:
+    """A `.json` file through `recover_json`, a `.csv` through `recover_csv`, anything else through `recover_log`."""
     if not path.is_file():
         return Recovered(source=str(path), problems=[Problem(file=str(path), reason="not a file; skipped")])
-    return recover_json(path, grid_version) if path.suffix.lower() == ".json" else recover_log(path, grid_version)
+    read = {".json": recover_json, ".csv": recover_csv}.get(path.suffix.lower(), recover_log)
+    return read(path, grid_version, grid)
 
 
 def expand_inputs(paths: Iterable[Path]) -> list[Path]:
@@ -282,24 +359,6 @@ def load_experiment(path: Path) -> LegacyExperiment:
     return LegacyExperiment.model_validate_json(path.read_text(encoding="utf-8"))
 
 
-def dedupe_experiments(recovered: list[Recovered]) -> list[tuple[LegacyExperiment, Recovered]]:
-    """Each experiment once: a second file giving the same experiment is reported, not used."""
-    seen: dict[str, str] = {}
-    chosen = []
-    for item in recovered:
-        for experiment in item.experiments:
-            if experiment.experiment in seen:
-                item.problems.append(Problem(
-                    file=item.source,
-                    reason=f"experiment {experiment.experiment} was already recovered from {seen[experiment.experiment]}; "
-                    "this file's copy is not written",
-                ))
-                continue
-            seen[experiment.experiment] = item.source
-            chosen.append((experiment, item))
-    return chosen
-
-
 def summarize(
     recovered: list[Recovered],
     outputs: dict[str, Path] | None = None,
@@ -316,7 +375,7 @@ def summarize(
             rows.append(ExperimentSummary(
                 experiment=experiment.experiment, source=item.source, trials=len(latest),
                 complete=count("state", "complete"), failed=count("state", "failed"),
-                incomplete=count("state", "incomplete"), restarts=len(experiment.trials) - len(latest),
+                incomplete=count("state", "incomplete"), pruned=count("state", "pruned"), restarts=len(experiment.trials) - len(latest),
                 n_heads_logged=count("n_heads_source", "logged"), n_heads_recovered=count("n_heads_source", "recovered"),
                 n_heads_unrecoverable=count("n_heads_source", "unrecoverable"),
                 problems=len(item.problems), noise_lines=item.noise_lines,

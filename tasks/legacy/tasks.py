@@ -1,4 +1,5 @@
-"""Prefect tasks of legacy recovery: read a file, write an experiment, import it into MLflow."""
+"""Prefect tasks of legacy recovery: read a file or an Optuna storage, write an experiment, import
+it into MLflow. They take the grid as its spec (a value) and load it themselves."""
 
 from __future__ import annotations
 
@@ -10,14 +11,22 @@ from prefect.cache_policies import NO_CACHE
 from schemas.config import StoreConfig
 from schemas.legacy import ImportCounts, LegacyExperiment
 from tasks.legacy.importer import import_experiment
+from tasks.legacy.grids import load_grid
 from tasks.legacy.records import Recovered
-from tasks.legacy.recover import recover_file, write_experiment
+from tasks.legacy.recover import recover_file, recover_storage, write_experiment
 
 
 @task(name="recover-legacy-file", cache_policy=NO_CACHE)
-def recover_input(path: Path, grid_version: int | None = None) -> Recovered:
-    """Read one legacy log or trial JSON file into validated experiments and problems."""
-    return recover_file(path, grid_version)
+def recover_input(path: Path, grid_version: int | None = None, grid: str | None = None) -> Recovered:
+    """Read one legacy log, trial JSON or trials CSV file into validated experiments and problems."""
+    return recover_file(path, grid_version, load_grid(grid) if grid else None)
+
+
+@task(name="recover-optuna-storage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def recover_optuna_storage(storage: str, studies: list[str], grid_version: int | None = None,
+                           grid: str | None = None) -> list[Recovered]:
+    """Read the studies of an Optuna storage (all, or those named) into validated experiments."""
+    return recover_storage(storage, studies, grid_version, load_grid(grid) if grid else None)
 
 
 @task(name="write-legacy-experiment", cache_policy=NO_CACHE)
