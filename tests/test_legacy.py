@@ -257,7 +257,7 @@ def test_forced_extreme_before_start_and_unknown_types() -> None:
 
 
 def test_start_lines_of_the_current_study_driver_are_read() -> None:
-    from tasks.study.driver import trial_description
+    from tasks.study.trial import trial_description
 
     hp = {"learning_rate": 5e-05, "dropout": 0.3, "weight_decay": 0.0}
     text = trial_description(4, GRID[4], hp) + " [forced extreme: max_n_heads]"
