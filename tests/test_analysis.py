@@ -9,27 +9,28 @@ import pandas as pd
 import pytest
 
 from models.arch_grid import forced_extremes, get_architectures_for_budget
-from tasks.report.analysis import (
+from tasks.report.analysis import analyse_campaign
+from tasks.report.budgets import (
     Interval,
-    analyse_campaign,
     auc_interval,
     budget_bests,
-    budget_order,
-    collapse_flags,
     compare_aucs,
+    hanley_mcneil_se,
+    parameter_consistency,
+    scaling_verdict,
+)
+from tasks.report.checklist import verification_checklist
+from tasks.report.study import (
+    collapse_flags,
     coverage,
     eta_squared,
     gaps,
-    hanley_mcneil_se,
-    normalise_runs,
-    parameter_consistency,
     parameter_importance,
     parameter_trend,
-    scaling_verdict,
     summary_statistics,
     value_table,
-    verification_checklist,
 )
+from tasks.report.table import budget_order, normalise_runs
 from tasks.report.render import render_markdown
 
 
@@ -210,12 +211,12 @@ def test_baselines_are_never_trials_and_set_the_reference():
             {"run_id": "b2", "experiment": "baselines_h1", "run_kind": "baseline", "baseline_model": "hgb",
              "val_auc": 0.74, "horizon": "1", "status": "FINISHED"}]  # fmt: skip
     runs = frame(rows)
-    assert summary_statistics(runs[runs["run_kind"] == "trial"])["trials"] == 2
+    assert summary_statistics(runs[runs["run_kind"] == "trial"]).trials == 2
     best = budget_bests(runs, 1, ["2M"])[0]
     assert best.baseline["baseline_model"] == "logreg" and best.vs_baseline.verdict == "lower"
     assert best.interval.method == "Hanley-McNeil"  # the baselines' class counts serve the whole horizon
     analysis = analyse_campaign(pd.DataFrame(rows))
-    assert [s.name for s in analysis.studies] == ["2M_h1"] and analysis.studies[0].summary["trials"] == 2
+    assert [s.name for s in analysis.studies] == ["2M_h1"] and analysis.studies[0].summary.trials == 2
 
 
 def test_parameter_consistency_uses_best_mean_values():
@@ -309,7 +310,7 @@ def test_pruned_trials_are_counted_and_never_a_best():
     runs = frame(rows)
     assert runs["complete"].tolist() == [True, True, False, True, False]
     stats = summary_statistics(runs[runs["study"] == "2M_h1"])
-    assert (stats["complete"], stats["pruned"], stats["failed"], stats["best_auc"]) == (2, 1, 0, 0.70)
+    assert (stats.complete, stats.pruned, stats.failed, stats.best_auc) == (2, 1, 0, 0.70)
     bests = {b.budget: b for b in budget_bests(runs, 1, ["2M", "20M"])}
     assert bests["2M"].best["trial_number"] == 0 and bests["20M"].best["val_auc"] == 0.71
     assert (bests["2M"].complete, bests["2M"].trials) == (2, 3)

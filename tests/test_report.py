@@ -1,5 +1,5 @@
 """The report from a real (temporary) MLflow store filled with runs of known values: every number
-the report shows is recomputed here from the values logged, independently of tasks.report.analysis."""
+the report shows is recomputed here from the values logged, independently of tasks.report's analysis modules."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from models.arch_grid import Architecture, find_arch_idx, forced_extremes, get_architectures_for_budget
 from schemas.config import StoreConfig
-from tasks.report.analysis import analyse_campaign, normalise_runs, with_predictions
+from tasks.report.analysis import analyse_campaign, with_predictions
 from tasks.report.render import (
     REPORT_EXPERIMENT,
     best_per_budget_rows,
@@ -28,6 +28,7 @@ from tasks.report.render import (
     write_report,
 )
 from tasks.report.stats import holm, paired_delong
+from tasks.report.table import normalise_runs
 from tasks.tracking.predictions import log_predictions
 from tasks.tracking.runs import get_or_create_experiment, log_batch, mlflow_client
 
@@ -185,11 +186,11 @@ def test_study_numbers_are_those_logged(analysis, campaign):
     done = pd.DataFrame([{**s["params"], "val_auc": s["metrics"]["val_auc"]} for s in _complete(specs, "20M_h1_v2")])
     auc = done["val_auc"].to_numpy()
 
-    assert study.summary["trials"] == 51 and study.summary["complete"] == 50 and study.summary["failed"] == 1
-    assert study.summary["failure_kinds"] == {"CUDA out of memory": 1}
-    assert study.summary["best_auc"] == auc.max()
-    assert study.summary["mean_auc"] == pytest.approx(auc.mean(), abs=1e-12)
-    assert study.summary["std_auc"] == pytest.approx(auc.std(ddof=1), abs=1e-12)
+    assert study.summary.trials == 51 and study.summary.complete == 50 and study.summary.failed == 1
+    assert study.summary.failure_kinds == {"CUDA out of memory": 1}
+    assert study.summary.best_auc == auc.max()
+    assert study.summary.mean_auc == pytest.approx(auc.mean(), abs=1e-12)
+    assert study.summary.std_auc == pytest.approx(auc.std(ddof=1), abs=1e-12)
     assert study.best["val_auc"] == auc.max() and study.best["trial_number"] == done["val_auc"].idxmax() + (done["val_auc"].idxmax() >= 20)
 
     # importance: eta squared by hand
@@ -228,9 +229,9 @@ def test_study_numbers_are_those_logged(analysis, campaign):
 
 def test_legacy_study_with_recovered_heads_failed_trial_and_supplementals(analysis, campaign):
     study = _study(analysis, "2M_h1")
-    assert study.summary["by_source"] == {"legacy": 10, "supplemental": 3}
-    assert study.summary["n_heads_source"] == {"logged": 4, "recovered": 8, "unrecoverable": 1}
-    assert (study.summary["complete"], study.summary["failed"]) == (12, 1)
+    assert study.summary.by_source == {"legacy": 10, "supplemental": 3}
+    assert study.summary.n_heads_source == {"logged": 4, "recovered": 8, "unrecoverable": 1}
+    assert (study.summary.complete, study.summary.failed) == (12, 1)
     assert study.best["source"] == "supplemental" and study.best["n_heads"] == 8 and study.best["val_auc"] == 0.723
     # extremes of a grid-v1 study are checked against the v1 rule
     assert study.extremes["as_planned"].tolist() == [True] * 6

@@ -28,21 +28,11 @@ import pandas as pd  # noqa: E402
 from mlflow.entities import Run, ViewType  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from tasks.report.analysis import (  # noqa: E402
-    COLLAPSE_PRED_RANGE,
-    MIN_TREND_TRIALS,
-    TOP_K,
-    TREND_ALPHA,
-    CampaignAnalysis,
-    Check,
-    Coverage,
-    Gaps,
-    HorizonAnalysis,
-    StudyAnalysis,
-    Trend,
-    budget_order,
-    fmt_value,
-)
+from tasks.report.analysis import CampaignAnalysis  # noqa: E402
+from tasks.report.budgets import TOP_K, HorizonAnalysis  # noqa: E402
+from tasks.report.checklist import Check  # noqa: E402
+from tasks.report.study import COLLAPSE_PRED_RANGE, MIN_TREND_TRIALS, TREND_ALPHA, Coverage, Gaps, StudyAnalysis, Trend  # noqa: E402
+from tasks.report.table import budget_order, fmt_value  # noqa: E402
 from schemas.config import StoreConfig  # noqa: E402
 from tasks.report.verdicts import ALPHA, BOOTSTRAP_RESAMPLES, needed_predictions  # noqa: E402
 from tasks.tracking.predictions import Predictions, download_predictions  # noqa: E402

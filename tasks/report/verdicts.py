@@ -1,8 +1,8 @@
 """The report's headline: per horizon, the test-split verdict between budgets. Pure: the
-horizon's selected runs (from `analysis`) and the test scores read for them in, dataclasses out.
+horizon's selected runs (from `budgets`) and the test scores read for them in, dataclasses out.
 
 - Selection on validation: each budget's selected configuration is its complete trial with the
-  highest val AUC over all its studies at the horizon (`analysis.budget_bests`, the "Best per
+  highest val AUC over all its studies at the horizon (`budgets.budget_bests`, the "Best per
   budget" row); the best baseline is the baseline run with the highest val AUC.
 - Verdict on test: the selected trials' test scores (`predictions/test.npz`), compared pairwise
   with DeLong's paired test on the same windows, Holm-corrected over the pairs of the horizon;
@@ -115,7 +115,7 @@ def missing_reason(run: pd.Series) -> tuple[str, str]:
 
 def select(bests: list) -> tuple[list[pd.Series], pd.Series | None]:
     """The selected trial of each budget with complete trials and the best baseline, from a
-    horizon's `analysis.BudgetBest` rows (both chosen there on val AUC)."""
+    horizon's `budgets.BudgetBest` rows (both chosen there on val AUC)."""
     chosen = [b.best for b in bests if b.best is not None]
     base = next((b.baseline for b in bests if b.baseline is not None), None)
     return chosen, base
@@ -123,7 +123,7 @@ def select(bests: list) -> tuple[list[pd.Series], pd.Series | None]:
 
 def needed_predictions(horizons: list) -> list[str]:
     """Run ids whose test scores the verdicts read: each budget's selected trial and the best
-    baseline of every horizon (`analysis.HorizonAnalysis`), where the run's tag says it logged
+    baseline of every horizon (`budgets.HorizonAnalysis`), where the run's tag says it logged
     them. Nothing else is downloaded."""
     tag = predictions_tag(SPLIT)
     needed = []
@@ -190,7 +190,7 @@ def _fit(selected: list[Selected]) -> tuple[ScalingFit | None, str]:
 
 
 def horizon_verdict(horizon: int, bests: list, predictions: dict[str, Predictions | str]) -> HorizonVerdict:
-    """The horizon's headline verdict on the test split from its `analysis.BudgetBest` rows and
+    """The horizon's headline verdict on the test split from its `budgets.BudgetBest` rows and
     the test scores read for them (run id -> Predictions, or why they could not be read)."""
     chosen, base_run = select(bests)
     selected = [_selected(run, run["budget_group"], predictions) for run in chosen]
