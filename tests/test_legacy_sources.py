@@ -18,7 +18,7 @@ from flows.cli import app
 from tasks.legacy.grids import GridError, load_grid
 from tasks.legacy.optuna_sources import StorageError
 from tasks.legacy.reconcile import reconcile
-from tasks.legacy.recover import recover_file, recover_storage
+from tasks.legacy.recover import recover_file, recover_storage, summarize
 
 from helpers import line, write_log
 
@@ -336,6 +336,7 @@ def test_a_log_and_the_storage_of_one_study_are_reconciled_trial_by_trial(tmp_pa
     assert merged.trials[2].failure_reason == "RuntimeError('CUDA out of memory')"  # the log's, where the storage has none
     assert merged.trials[0].start_line is None  # line numbers of the log are not the storage's
     assert recovered[0].experiments == []  # one row per experiment in the summary
+    assert [row.experiment for row in summarize(recovered).experiments] == ["2M_h1"]
 
 
 # --- the command line -------------------------------------------------------------------------

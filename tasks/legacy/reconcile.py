@@ -97,6 +97,7 @@ def reconcile(recovered: list[Recovered]) -> list[tuple[LegacyExperiment, Recove
                 owner.problems.append(Problem(file=owner.source, reason=f"{name}: {reason}"))
             merged = merge(merged, experiment, labels, say)
             item.experiments.remove(experiment)
+            item.reconciled_into.append(name)
         owner.experiments[owner.experiments.index(copies[0][0])] = merged
         chosen.append((merged, owner))
     return chosen

@@ -43,6 +43,7 @@ class Recovered:
     experiments: list[LegacyExperiment] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     noise_lines: int = 0
+    reconciled_into: list[str] = field(default_factory=list)  # experiments merged into another input's copy
 
 
 def grid_of(grid: ResearcherGrid | None, budget: str) -> tuple[BudgetGrid | None, dict[str, str | None]]:

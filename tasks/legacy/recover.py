@@ -382,7 +382,7 @@ def summarize(
                 output=str(outputs[experiment.experiment]) if experiment.experiment in outputs else None,
                 mlflow=imports.get(experiment.experiment),
             ))
-        if not item.experiments:
+        if not item.experiments and not item.reconciled_into:
             rows.append(ExperimentSummary(
                 experiment="-", source=item.source, trials=0, complete=0, failed=0, incomplete=0, restarts=0,
                 n_heads_logged=0, n_heads_recovered=0, n_heads_unrecoverable=0,
