@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.arch_grid import BUDGETS, CURRENT_GRID_VERSION, GRID_VERSIONS, REAL_BUDGETS, smoke_budget
+from models.arch_grid import BUDGETS, CURRENT_GRID_VERSION, DEFAULT_NUM_FEATURES, GRID_VERSIONS, REAL_BUDGETS, smoke_budget
 from schemas.names import STUDY_NAME, parse_horizon
 
 # How a study's sampler sees the architecture (tasks/study/space.py); chosen in bench/search_space.py.
@@ -33,6 +33,50 @@ class DataConfig(_Config):
     threshold: float = Field(0.01, gt=0, lt=1, description="label: max High over next h days >= Close*(1+threshold)")
     train_fraction: float = Field(0.70, gt=0, lt=1)
     val_fraction: float = Field(0.15, gt=0, lt=1)
+    features: Literal["ohlcv"] | tuple[str, ...] = Field(
+        "ohlcv",
+        description="'ohlcv': the 25 features computed from Open/High/Low/Close/Volume "
+        "(tasks/data/features.py); or the source's column names to use as they are, in this order",
+    )
+    label: str = Field(
+        "rule",
+        description="'rule': the threshold rule on High/Close; or a column-name template with {horizon}, "
+        "e.g. 'label_h{horizon}', whose column holds 0/1 for that horizon",
+    )
+
+    @field_validator("features")
+    @classmethod
+    def _feature_columns(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("features needs at least one column name (or 'ohlcv' for the 25 computed features)")
+        duplicated = sorted({c for c in value if value.count(c) > 1})
+        if duplicated:
+            raise ValueError(f"features lists {', '.join(duplicated)} more than once; list each column once")
+        reserved = [c for c in value if c in ("Date", "ticker")]
+        if reserved:
+            raise ValueError(f"features cannot include {', '.join(reserved)}: Date and ticker index the panel")
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label_template(cls, value: str) -> str:
+        if value != "rule" and "{horizon}" not in value:
+            raise ValueError(
+                f"label {value!r} is neither 'rule' nor a column template with {{horizon}}; "
+                "write e.g. 'label_h{horizon}' (the column label_h5 holds the 0/1 label at h5)"
+            )
+        return value
+
+    @property
+    def num_features(self) -> int:
+        """F, the features per day the model reads: 25 computed, or the listed columns."""
+        return DEFAULT_NUM_FEATURES if self.features == "ohlcv" else len(self.features)
+
+    def label_column(self, horizon: int) -> str | None:
+        """The source's label column at this horizon, or None for the built-in rule."""
+        return None if self.label == "rule" else self.label.replace("{horizon}", str(horizon))
 
     @model_validator(mode="after")
     def _fractions_leave_a_test_split(self) -> DataConfig:

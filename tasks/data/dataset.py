@@ -1,4 +1,9 @@
-"""Load OHLCV panels, validate them, and build windowed, standardised, chronologically split data.
+"""Load panels, validate them, and build windowed, standardised, chronologically split data.
+
+Two kinds of panel (`DataConfig.features`): OHLCV rows, whose 25 features are computed here
+(tasks/data/features.py), or a researcher's feature panel (Date, ticker, the listed feature
+columns used as they are). The label is the built-in rule on High/Close, or the panel's own
+0/1 column per horizon (`DataConfig.label`, a template such as `label_h{horizon}`).
 
 Loading and the dataset cache are I/O (the edge); splitting and standardising are pure functions
 of arrays. The windows themselves are never materialised: a split is a list of *anchor* rows into
@@ -17,7 +22,7 @@ import pandas as pd
 
 from schemas.config import DataConfig
 from tasks.data.prepared import SPLITS, PreparedData  # noqa: F401 - re-exported: the dataset's public names
-from tasks.data.features import FEATURE_NAMES, NUM_FEATURES, WARMUP_DAYS, compute_features, compute_labels
+from tasks.data.features import FEATURE_NAMES, WARMUP_DAYS, compute_features, compute_labels
 
 REQUIRED_COLUMNS = ("Date", "Open", "High", "Low", "Close", "Volume")
 # Standardised features are clipped here: a few crash days sit 20+ sigma out and would dominate.
@@ -139,6 +144,113 @@ def validate_panel(frame: pd.DataFrame, source: str, min_rows: int) -> pd.DataFr
     return frame.reset_index(drop=True)
 
 
+def _first_row(mask: pd.Series | np.ndarray, frame: pd.DataFrame) -> str:
+    """Where the first True of a row mask is, for an error message: data row, ticker, Date."""
+    first = int(np.argmax(np.asarray(mask)))
+    date = frame["Date"].iloc[first]
+    when = date.date() if isinstance(date, pd.Timestamp) else date
+    return f"data row {first + 1} (ticker {frame['ticker'].iloc[first]}, Date {when})"
+
+
+def _index_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Date parsed, a ticker column present (the file's name when it has none)."""
+    frame = frame.copy()
+    if "ticker" not in frame.columns:
+        frame["ticker"] = Path(source).stem if source != BUNDLED else "series"
+    try:
+        frame["Date"] = pd.to_datetime(frame["Date"])
+    except (ValueError, TypeError) as exc:
+        raise DataError(source, f"column Date cannot be parsed as dates ({exc})", "write dates as YYYY-MM-DD") from exc
+    return frame
+
+
+def validate_feature_panel(frame: pd.DataFrame, source: str, features: tuple[str, ...], min_rows: int) -> pd.DataFrame:
+    """Check a researcher's feature panel and return it sorted by (ticker, Date).
+
+    Refuses: a missing Date or feature column, non-numeric, NaN or infinite feature values (with
+    how many and where: no silent fill), a duplicated (ticker, Date) and tickers with fewer than
+    `min_rows` rows. A panel sorted by Date then ticker (the usual long export) is re-sorted, never
+    refused: the order of rows carries no meaning here, (ticker, Date) does.
+    """
+    missing = [c for c in ("Date", *features) if c not in frame.columns]
+    if missing:
+        shown = ", ".join(map(str, frame.columns[:12])) + (", ..." if len(frame.columns) > 12 else "")
+        raise DataError(
+            source,
+            f"feature column(s) {', '.join(missing)} not found (columns: {shown})",
+            "list existing columns in data.features (--features), or add them to the file",
+        )
+    frame = _index_columns(frame, source)
+    for column in features:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            numbers = pd.to_numeric(frame[column], errors="coerce")
+            not_numeric = numbers.isna() & frame[column].notna()
+            raise DataError(
+                source,
+                f"feature column {column} has {int(not_numeric.sum())} non-numeric value(s), the first "
+                f"{frame[column][not_numeric].iloc[0]!r} at {_first_row(not_numeric, frame)}",
+                "write plain numbers in feature columns, or drop the column from data.features",
+            )
+    values = frame[list(features)].to_numpy(dtype="float64")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        per_column = bad.sum(axis=0)
+        columns = ", ".join(f"{c} ({int(n)})" for c, n in zip(features, per_column) if n)
+        rows = bad.any(axis=1)
+        raise DataError(
+            source,
+            f"{int(bad.sum())} NaN or infinite feature value(s) in {int(rows.sum())} row(s), by column: {columns}; "
+            f"the first at {_first_row(rows, frame)}",
+            "fill or drop them before training (nothing is filled for you: a fill is a modelling choice)",
+        )
+    duplicated = frame.duplicated(["ticker", "Date"])
+    if duplicated.any():
+        raise DataError(
+            source,
+            f"{int(duplicated.sum())} duplicated (ticker, Date) row(s) in columns ticker, Date, the first at "
+            f"{_first_row(duplicated, frame)}",
+            "keep one row per ticker and Date",
+        )
+    frame = frame.sort_values(["ticker", "Date"], kind="stable").reset_index(drop=True)
+    _check_history(frame, source, min_rows)
+    return frame
+
+
+def _check_history(frame: pd.DataFrame, source: str, min_rows: int) -> None:
+    counts = frame.groupby("ticker", sort=False).size()
+    short = counts[counts < min_rows]
+    if len(short):
+        raise DataError(
+            source,
+            f"{len(short)} ticker(s) with too few rows for a window and the horizon in each of the three splits "
+            f"(need at least {min_rows}; {short.index[0]} has {int(short.iloc[0])})",
+            "drop those tickers from the file, provide a longer history, or reduce data.window",
+        )
+
+
+def validate_label_column(frame: pd.DataFrame, source: str, column: str) -> pd.DataFrame:
+    """Check the panel's own label column: present, and 0/1 (an empty cell: unknown, not used)."""
+    if column not in frame.columns:
+        labels = [c for c in frame.columns if str(c).startswith("label")][:6]
+        found = f"label-like columns: {', '.join(map(str, labels))}" if labels else "no column starts with 'label'"
+        raise DataError(
+            source,
+            f"label column {column} not found ({found})",
+            "add the column, or set data.label (--label) to a template that names it, e.g. 'label_h{horizon}'",
+        )
+    numbers = pd.to_numeric(frame[column], errors="coerce")
+    bad = ~(numbers.isin((0, 1)) | frame[column].isna())
+    if bad.any():
+        raise DataError(
+            source,
+            f"label column {column} has {int(bad.sum())} value(s) that are not 0/1, the first "
+            f"{frame[column][bad].iloc[0]!r} at {_first_row(bad, frame)}",
+            "write 1 for the event and 0 for its absence (leave a cell empty where the future is unknown)",
+        )
+    frame[column] = numbers.astype("float64")
+    return frame
+
+
 def split_boundaries(dates: pd.Series, train_fraction: float, val_fraction: float) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Last date of train and of val, cut on the panel's sorted distinct dates."""
     distinct = np.sort(dates.unique())
@@ -166,64 +278,96 @@ def valid_anchor_mask(segment: np.ndarray, features_ok: np.ndarray, window: int,
     return ok
 
 
-def prepare_dataset(panel: pd.DataFrame, config: DataConfig, horizon: int, source: str) -> PreparedData:
-    """Features, labels, chronological splits with gaps, train-only standardisation."""
-    train_end, val_end = split_boundaries(panel["Date"], config.train_fraction, config.val_fraction)
-    blocks, anchor_parts, label_parts, date_parts = [], {s: [] for s in SPLITS}, {s: [] for s in SPLITS}, {s: [] for s in SPLITS}
-    offset = 0
-    tickers = []
-    for ticker, rows in panel.groupby("ticker", sort=False):
+def _ohlcv_rows(panel: pd.DataFrame, config: DataConfig, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of the stacked panel: the 25 computed features, the rule's label (NaN where the
+    future is not in the data) and whether the row is past its ticker's feature warm-up."""
+    blocks, label_parts, ok_parts = [], [], []
+    for _, rows in panel.groupby("ticker", sort=False):
         rows = rows.reset_index(drop=True)
         feats = compute_features(rows).to_numpy(dtype="float64")
-        labels = compute_labels(rows, horizon, config.threshold).to_numpy()
-        finite = np.isfinite(feats).all(axis=1)
+        label_parts.append(compute_labels(rows, horizon, config.threshold).to_numpy())
         # features_ok: True from the first row after which every row is finite (the warm-up ends)
-        bad = np.flatnonzero(~finite)
+        bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
         features_ok = np.zeros(len(rows), dtype=bool)
         features_ok[(bad.max() + 1 if len(bad) else 0) :] = True
-        dates = rows["Date"].to_numpy()
-        segment = np.where(dates <= np.datetime64(train_end), 0, np.where(dates <= np.datetime64(val_end), 1, 2))
-        usable = valid_anchor_mask(segment, features_ok, config.window, horizon) & np.isfinite(labels)
-        for code, split in enumerate(SPLITS):
-            picked = np.flatnonzero(usable & (segment == code))
-            anchor_parts[split].append(picked + offset)
-            label_parts[split].append(labels[picked].astype("float32"))
-            date_parts[split].append(dates[picked])
         blocks.append(feats)
-        tickers.append(str(ticker))
-        offset += len(rows)
+        ok_parts.append(features_ok)
+    return np.concatenate(blocks), np.concatenate(label_parts), np.concatenate(ok_parts)
 
-    raw = np.concatenate(blocks)
-    anchors = {s: np.concatenate(anchor_parts[s]).astype("int64") for s in SPLITS}
-    labels = {s: np.concatenate(label_parts[s]) for s in SPLITS}
+
+def prepare_dataset(panel: pd.DataFrame, config: DataConfig, horizon: int, source: str) -> PreparedData:
+    """Features, labels, chronological splits with gaps, train-only standardisation.
+
+    The panel's rows are stacked ticker by ticker (a validated panel is sorted that way). Split
+    dates are cut once on the panel's distinct dates, so every ticker's train ends on the same day
+    (`split_boundaries`); a window or label never crosses a ticker's or a split's edge.
+    """
+    train_end, val_end = split_boundaries(panel["Date"], config.train_fraction, config.val_fraction)
+    label_column = config.label_column(horizon)
+    ticker_codes, tickers = pd.factorize(panel["ticker"], sort=False)
+    if (np.diff(ticker_codes) < 0).any():  # interleaved tickers: stack them in order of first appearance
+        panel = panel.iloc[np.argsort(ticker_codes, kind="stable")].reset_index(drop=True)
+        ticker_codes, tickers = pd.factorize(panel["ticker"], sort=False)
+    if config.features == "ohlcv":
+        raw, labels, features_ok = _ohlcv_rows(panel, config, horizon)
+    else:
+        raw = panel[list(config.features)].to_numpy(dtype="float64")  # (rows, F)
+        labels, features_ok = np.full(len(panel), np.nan), np.ones(len(panel), dtype=bool)
+    if label_column is not None:
+        labels = panel[label_column].to_numpy(dtype="float64")
+    # each ticker's rows are contiguous: ticker number x 3 + split code is one segment of the stack
+    dates = panel["Date"].to_numpy()
+    split_code = np.where(dates <= np.datetime64(train_end), 0, np.where(dates <= np.datetime64(val_end), 1, 2))
+    segment = ticker_codes.astype("int64") * 3 + split_code
+    usable = valid_anchor_mask(segment, features_ok, config.window, horizon) & np.isfinite(labels)
+    anchors = {s: np.flatnonzero(usable & (split_code == code)).astype("int64") for code, s in enumerate(SPLITS)}
+    split_labels = {s: labels[anchors[s]].astype("float32") for s in SPLITS}
     for split in SPLITS:
-        if len(labels[split]) == 0 or labels[split].min() == labels[split].max():
-            raise DataError(
-                source,
-                f"the {split} split has {len(labels[split])} samples with a single class at h{horizon}",
-                "provide a longer history, or change data.threshold so both outcomes occur",
-            )
+        if len(split_labels[split]) == 0 or split_labels[split].min() == split_labels[split].max():
+            raise DataError(source, *_single_class(split, split_labels[split], horizon, label_column))
     features = standardise(raw, train_rows_for_statistics(anchors["train"], config.window))
-    split_dates = {}
-    for split in SPLITS:
-        d = np.concatenate(date_parts[split])
-        split_dates[split] = (str(pd.Timestamp(d.min()).date()), str(pd.Timestamp(d.max()).date()))
+    split_dates = {s: (str(pd.Timestamp(dates[anchors[s]].min()).date()), str(pd.Timestamp(dates[anchors[s]].max()).date()))
+                   for s in SPLITS}
     return PreparedData(
         features=features,
         anchors=anchors,
-        labels=labels,
+        labels=split_labels,
         window=config.window,
         horizon=horizon,
         split_dates=split_dates,
         boundaries={"train_end": str(train_end.date()), "val_end": str(val_end.date())},
-        tickers=tuple(tickers),
+        tickers=tuple(str(t) for t in tickers),
+        feature_names=feature_names(config),
     )
 
 
+def _single_class(split: str, labels: np.ndarray, horizon: int, label_column: str | None) -> tuple[str, str]:
+    """The problem and the fix of a split whose label has one class (or no samples)."""
+    if label_column is None:
+        return (f"the {split} split has {len(labels)} samples with a single class at h{horizon}",
+                "provide a longer history, or change data.threshold so both outcomes occur")
+    value = f"always {int(labels[0])}" if len(labels) else "no usable rows"
+    return (f"label column {label_column} is constant on the {split} split ({value}, {len(labels)} samples)",
+            "check the label column (both 0 and 1 must occur in train, val and test), or move the split "
+            "with data.train_fraction / data.val_fraction")
+
+
+def feature_names(config: DataConfig) -> tuple[str, ...]:
+    """The names of the F columns of the feature matrix, in order."""
+    return FEATURE_NAMES if config.features == "ohlcv" else tuple(config.features)
+
+
 def train_rows_for_statistics(train_anchors: np.ndarray, window: int) -> np.ndarray:
-    """Every feature row that some training window reads (and nothing of val or test)."""
-    offsets = np.arange(-window + 1, 1)
-    return np.unique((train_anchors[:, None] + offsets).ravel())
+    """Every feature row that some training window reads (and nothing of val or test), sorted.
+
+    A window is the run of rows anchor-window+1 .. anchor: counted by a difference array (+1 where
+    a window starts, -1 past its end), never by listing anchors x window row numbers."""
+    if len(train_anchors) == 0:
+        return np.zeros(0, dtype="int64")
+    size = int(train_anchors.max()) + 2
+    starts = np.bincount(train_anchors - window + 1, minlength=size)
+    ends = np.bincount(train_anchors + 1, minlength=size)
+    return np.flatnonzero(np.cumsum(starts - ends)[:-1] > 0).astype("int64")
 
 
 def standardise(raw: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
@@ -231,16 +375,20 @@ def standardise(raw: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
     train = raw[train_rows]
     mean = train.mean(axis=0)
     std = train.std(axis=0)
+    del train
     std[std == 0] = 1.0
-    scaled = np.clip((raw - mean) / std, -FEATURE_CLIP, FEATURE_CLIP)
-    return np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0).astype("float32")
+    scaled = raw - mean  # in place from here on: one copy of the matrix, not one per step
+    scaled /= std
+    np.clip(scaled, -FEATURE_CLIP, FEATURE_CLIP, out=scaled)
+    return np.nan_to_num(scaled, copy=False, nan=0.0, posinf=0.0, neginf=0.0).astype("float32")
 
 
 def minimum_rows(config: DataConfig, horizon: int) -> int:
     """The shortest ticker history for which each split can hold a few windows."""
     per_split = config.window + horizon + 10
     smallest_fraction = min(config.train_fraction, config.val_fraction, 1 - config.train_fraction - config.val_fraction)
-    return int(np.ceil(per_split / smallest_fraction)) + WARMUP_DAYS
+    warmup = WARMUP_DAYS if config.features == "ohlcv" else 0  # listed features are used as they are
+    return int(np.ceil(per_split / smallest_fraction)) + warmup
 
 
 def load_panel(config: DataConfig, horizon: int) -> tuple[pd.DataFrame, str]:
@@ -250,16 +398,37 @@ def load_panel(config: DataConfig, horizon: int) -> tuple[pd.DataFrame, str]:
     else:
         path = Path(config.source).expanduser()
         frame, source = read_panel_file(path), str(path)
-    return validate_panel(frame, source, minimum_rows(config, horizon)), source
+    if config.source == BUNDLED and (config.features != "ohlcv" or config.label != "rule"):
+        raise DataError(BUNDLED, "the bundled data is OHLCV only: it has no feature or label columns",
+                        "set data.source (--data) to your panel's CSV or Parquet file, or keep features='ohlcv', label='rule'")
+    label_column = config.label_column(horizon)
+    if config.features == "ohlcv":
+        panel = validate_panel(frame, source, minimum_rows(config, horizon))
+    else:
+        keep = ["Date", "ticker", *config.features, *([label_column] if label_column else [])]
+        frame = frame[[c for c in frame.columns if c in keep]] if "Date" in frame.columns else frame
+        panel = validate_feature_panel(frame, source, tuple(config.features), minimum_rows(config, horizon))
+    if label_column is not None:
+        panel = validate_label_column(panel, source, label_column)
+    return panel, source
 
 
 def dataset_fingerprint(config: DataConfig, horizon: int) -> str:
-    """Cache key: the data config, the horizon, the feature list and the source file's content."""
-    hasher = hashlib.sha256(json.dumps([config.model_dump(mode="json"), horizon, FEATURE_NAMES]).encode())
+    """Cache key: the data config, the horizon, the feature list and the source file's content.
+
+    The OHLCV defaults (features='ohlcv', label='rule') are left out of the key, so a dataset keeps
+    the fingerprint it had before feature panels existed (studies and MLflow inputs stay pinned)."""
+    dumped = config.model_dump(mode="json")
+    for key, default in (("features", "ohlcv"), ("label", "rule")):
+        if dumped[key] == default:
+            del dumped[key]
+    hasher = hashlib.sha256(json.dumps([dumped, horizon, list(feature_names(config))]).encode())
     if config.source != BUNDLED:
         path = Path(config.source).expanduser()
         if path.exists():
-            hasher.update(path.read_bytes())
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 24), b""):
+                    hasher.update(chunk)
     return hasher.hexdigest()[:16]
 
 
@@ -276,5 +445,3 @@ def cached_dataset(config: DataConfig, horizon: int, cache_dir: Path) -> tuple[P
     data.save(path)
     return data, path
 
-
-assert NUM_FEATURES == 25, "the model and the grid count 25 features per day"

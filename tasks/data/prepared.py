@@ -19,7 +19,7 @@ SPLITS = ("train", "val", "test")
 class PreparedData:
     """Standardised features of all tickers stacked, and per split the anchor rows and labels."""
 
-    features: np.ndarray  # (rows, NUM_FEATURES) float32, standardised with train statistics
+    features: np.ndarray  # (rows, F) float32, standardised with train statistics
     anchors: dict[str, np.ndarray]  # split -> (n,) int64 rows whose window ends there
     labels: dict[str, np.ndarray]  # split -> (n,) float32 in {0, 1}
     window: int
@@ -27,9 +27,15 @@ class PreparedData:
     split_dates: dict[str, tuple[str, str]]  # split -> first and last anchor date (ISO)
     boundaries: dict[str, str]  # last date of train and of val (ISO)
     tickers: tuple[str, ...]
+    feature_names: tuple[str, ...] = ()  # the F column names, in order
+
+    @property
+    def num_features(self) -> int:
+        """F, the features per day."""
+        return int(self.features.shape[1])
 
     def windows(self, split: str) -> np.ndarray:
-        """(n, window, NUM_FEATURES) windows of a split, materialised (baselines and tests only)."""
+        """(n, window, F) windows of a split, materialised (baselines and tests only)."""
         offsets = np.arange(-self.window + 1, 1)
         return self.features[self.anchors[split][:, None] + offsets]
 
@@ -47,6 +53,7 @@ class PreparedData:
             "split_dates": self.split_dates,
             "boundaries": self.boundaries,
             "tickers": list(self.tickers),
+            "feature_names": list(self.feature_names),
         }
         arrays = {"features": self.features, "meta": np.array(json.dumps(meta))}
         for split in SPLITS:
@@ -69,4 +76,5 @@ class PreparedData:
                 split_dates={k: tuple(v) for k, v in meta["split_dates"].items()},
                 boundaries=meta["boundaries"],
                 tickers=tuple(meta["tickers"]),
+                feature_names=tuple(meta.get("feature_names", ())),
             )
