@@ -35,7 +35,7 @@ from tasks.report.render import render_markdown
 
 
 def run(study: str = "2M_h1", n: int = 0, auc: float | None = 0.7, **values) -> dict:
-    """One trial row as `tasks.report.render.runs_frame` builds it (params and tags as text)."""
+    """One trial row as `tasks.report.mlflow_io.runs_frame` builds it (params and tags as text)."""
     row = {"run_id": f"{study}-{n}", "experiment": study, "run_kind": "trial", "source": "hpo", "state": "complete",
            "status": "FINISHED", "trial_number": str(n), "val_auc": auc, "extreme_type": "none",
            "d_model": "64", "n_layers": "4", "n_heads": "4", "d_ff_ratio": "2",

@@ -24,6 +24,8 @@ PURE = (
     "tasks/report/study.py",
     "tasks/report/budgets.py",
     "tasks/report/checklist.py",
+    "tasks/report/rows.py",
+    "tasks/report/figures.py",
     "tasks/report/stats.py",
     "tasks/report/verdicts.py",
     "tasks/legacy/grammar.py",

@@ -18,15 +18,9 @@ from sqlalchemy.engine import Engine
 from models.arch_grid import Architecture, find_arch_idx, forced_extremes, get_architectures_for_budget
 from schemas.config import StoreConfig
 from tasks.report.analysis import analyse_campaign, with_predictions
-from tasks.report.render import (
-    REPORT_EXPERIMENT,
-    best_per_budget_rows,
-    load_predictions,
-    log_report,
-    query_runs,
-    render_markdown,
-    write_report,
-)
+from tasks.report.mlflow_io import REPORT_EXPERIMENT, load_predictions, log_report, query_runs
+from tasks.report.render import render_markdown, write_report
+from tasks.report.rows import best_per_budget_rows
 from tasks.report.stats import holm, paired_delong
 from tasks.report.table import normalise_runs
 from tasks.tracking.predictions import log_predictions
@@ -359,7 +353,7 @@ def test_markdown_shows_the_numbers(analysis, written):
 
 def test_report_logged_as_mlflow_artifact(campaign, written):
     stores, _ = campaign
-    run_id = log_report(stores, written)
+    run_id = log_report(stores, written.out)
     client = mlflow_client(stores)
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == REPORT_EXPERIMENT

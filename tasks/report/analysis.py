@@ -1,6 +1,6 @@
 """What a campaign's runs say: everything the report shows, from a DataFrame of MLflow runs (one
-row per run). Pure: no MLflow, no files, no figures (`tasks.report.render` queries MLflow
-and writes).
+row per run). Pure: no MLflow, no files, no figures (`tasks.report.mlflow_io` queries,
+`tasks.report.render` writes).
 
 The numbers come from one module per question, each with its rules in its docstring (the report
 prints them in its "Methods" section):

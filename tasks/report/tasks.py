@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import SearchSpace, StoreConfig
-from tasks.report import analysis, render
+from tasks.report import analysis, mlflow_io, render, rows
 
 MARKDOWN_KEY = "cross-budget-report"
 TABLE_KEY = "best-per-budget"
@@ -19,7 +19,7 @@ TABLE_KEY = "best-per-budget"
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def query_runs(stores: StoreConfig) -> pd.DataFrame:
     """Every study, trial and baseline run in MLflow, one row per run."""
-    return render.query_runs(stores)
+    return mlflow_io.query_runs(stores)
 
 
 @task(cache_policy=NO_CACHE)
@@ -31,7 +31,7 @@ def analyse_runs(runs: pd.DataFrame, search: SearchSpace) -> analysis.CampaignAn
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def add_test_verdicts(stores: StoreConfig, result: analysis.CampaignAnalysis) -> analysis.CampaignAnalysis:
     """Each horizon's test verdict, from the selected runs' logged test scores (only those are read)."""
-    return analysis.with_predictions(result, render.load_predictions(stores, result))
+    return analysis.with_predictions(result, mlflow_io.load_predictions(stores, result))
 
 
 @task(cache_policy=NO_CACHE)
@@ -43,11 +43,11 @@ def write_report(result: analysis.CampaignAnalysis, out: Path, source: str) -> r
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def log_report(stores: StoreConfig, files: render.ReportFiles) -> str:
     """The report's files as artifacts of a run in the MLflow experiment `reports`."""
-    return render.log_report(stores, files)
+    return mlflow_io.log_report(stores, files.out)
 
 
 @task(cache_policy=NO_CACHE)
 def publish_artifacts(result: analysis.CampaignAnalysis, source: str) -> None:
     """The report (without images) and the best-per-budget table as Prefect artifacts."""
     create_markdown_artifact(markdown=render.render_markdown(result, source), key=MARKDOWN_KEY, description="Cross-budget HPO report")
-    create_table_artifact(table=render.best_per_budget_rows(result), key=TABLE_KEY, description="Best trial per budget and horizon")
+    create_table_artifact(table=rows.best_per_budget_rows(result), key=TABLE_KEY, description="Best trial per budget and horizon")

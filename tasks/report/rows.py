@@ -1,0 +1,329 @@
+"""The report's table rows and cell formats: the functions the templates (`templates/*.j2`) call to
+turn the analysis into rows of cells, the filters they format numbers with, and the rows of the
+best-per-budget table for the Prefect artifact. No I/O: values in, strings and lists out.
+
+A new report section: its numbers in the analysis (`study`, `budgets`, `verdicts`, `checklist`),
+its rows here (registered in `GLOBALS`), its words in the template.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.report.analysis import CampaignAnalysis
+from tasks.report.budgets import TOP_K, Comparison, HorizonAnalysis, Interval
+from tasks.report.checklist import Check
+from tasks.report.stats import PairedAUC
+from tasks.report.study import COLLAPSE_PRED_RANGE, MIN_TREND_TRIALS, TREND_ALPHA, Coverage, Gaps, StudyAnalysis, Trend
+from tasks.report.table import fmt_value
+from tasks.report.verdicts import ALPHA, BOOTSTRAP_RESAMPLES, Paired
+
+CONFIG_COLUMNS = ("d_model", "n_layers", "n_heads", "d_ff_ratio", "learning_rate", "dropout", "weight_decay")
+_PAIR_WORDS = {"higher": "larger is better", "lower": "smaller is better"}
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+def _auc(value: object) -> str:
+    return "n/a" if _missing(value) else f"{value:.4f}"
+
+def _cell(value: object) -> str:
+    text = fmt_value(value) if isinstance(value, (float, int, np.floating, np.integer)) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+def _anchor(title: str) -> str:
+    """The id Python-Markdown's toc extension (and GitHub) give a heading like ours."""
+    text = re.sub(r"[^\w\s-]", "", title).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+def _counts(mapping: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in mapping.items()) or "none"
+
+def _values(values: list[object]) -> str:
+    return ", ".join(fmt_value(v) for v in values)
+
+def _ci(interval: Interval | None) -> str:
+    if interval is None or math.isnan(interval.se):
+        return "n/a"
+    return f"[{interval.low:.4f}, {interval.high:.4f}]"
+
+def _signed_ci(test: PairedAUC) -> str:
+    return f"[{test.low:+.4f}, {test.high:+.4f}]"
+
+def _vs(comparison: Comparison | None, higher: str, lower: str) -> str:
+    if comparison is None:
+        return "n/a"
+    words = {"higher": higher, "lower": lower, "not distinguishable": "not distinguishable"}[comparison.verdict]
+    return f"{words} ({comparison.diff:+.4f}, CI [{comparison.low:+.4f}, {comparison.high:+.4f}])"
+
+def _p(value: float) -> str:
+    return "n/a" if _missing(value) else ("< 0.0001" if value < 1e-4 else f"{value:.4f}")
+
+def _params(count: float) -> str:
+    """1559120 -> 1.56M."""
+    if _missing(count):
+        return "n/a"
+    scale, suffix = next(((v, x) for v, x in ((1e9, "B"), (1e6, "M"), (1e3, "k")) if count >= v), (1, ""))
+    return f"{count / scale:.3g}{suffix}"
+
+def _trial_ref(t: pd.Series) -> str:
+    number = "?" if math.isnan(t["trial_number"]) else fmt_value(t["trial_number"])
+    return f"{t['study']} #{number} ({t['source'] or 'unknown'})"
+
+def _test_auc(best: pd.Series, runs: pd.DataFrame) -> float:
+    """The best trial's test AUC: its own `test_auc`, or its study run's `best_test_auc` when that
+    run's `best_val_auc` is this trial's val AUC."""
+    if not math.isnan(best["test_auc"]):
+        return float(best["test_auc"])
+    parent = runs[(runs["study"] == best["study"]) & (runs["run_kind"] == "study")]
+    for _, p in parent.iterrows():
+        if not math.isnan(p["best_test_auc"]) and abs(p["best_val_auc"] - best["val_auc"]) < 1e-9:
+            return float(p["best_test_auc"])
+    return math.nan
+
+def figure_link(figures: dict[str, Path] | None, key: str, base: Path | None) -> str:
+    """The figure's path relative to `base`; empty when the report has no such figure."""
+    if not figures or key not in figures:
+        return ""
+    path = figures[key]
+    return path.relative_to(base).as_posix() if base else path.name
+
+
+# ----------------------------------------------------------------------------- the campaign
+
+
+def checklist_rows(checks: list[Check]) -> list[list[object]]:
+    marks = {"pass": "**pass**", "fail": "**FAIL**", "n/a": "n/a"}
+    return [[marks[c.status], c.item, c.evidence] for c in checks]
+
+
+# ----------------------------------------------------------------------------- a horizon on test
+
+
+def test_selected_rows(h: HorizonAnalysis) -> list[list[object]]:
+    """Per budget: the configuration selected on val, its (biased) val AUC and its test AUC."""
+    rows = []
+    for s in h.test.selected + ([h.test.baseline] if h.test.baseline else []):
+        scores = "missing" if s.predictions is None else f"{len(s.predictions.scores)} windows ({s.predictions.windows_sha256[:8]})"
+        if s.predictions is not None and s.run.get("scores_note"):
+            scores += f"; {s.run['scores_note']}"
+        rows.append([s.budget if s.run["run_kind"] != "baseline" else f"baseline: {s.budget}",
+                     _trial_ref(s.run) if s.run["run_kind"] == "trial" else s.run["study"], _params(s.params),
+                     _auc(s.run["val_auc"]), _auc(s.test_auc), scores])  # fmt: skip
+    return rows
+
+def _paired_row(first: str, second: str, p: Paired, words: dict[str, str]) -> list[object]:
+    """One paired comparison's row: the two names, Δ, CI, p, Holm p and the verdict in words."""
+    if p.test is None:
+        return [first, second, "n/a", "n/a", "n/a", "n/a", f"undetermined: {p.note}"]
+    return [first, second, f"{p.test.diff:+.4f}", _signed_ci(p.test), _p(p.test.p_value), _p(p.p_holm),
+            words.get(p.verdict, p.verdict)]  # fmt: skip
+
+def test_pair_rows(h: HorizonAnalysis) -> list[list[object]]:
+    """Smaller budget, larger budget, then the comparison of larger - smaller."""
+    return [_paired_row(p.b, p.a, p, _PAIR_WORDS) for p in h.test.pairs]
+
+def test_baseline_rows(h: HorizonAnalysis) -> list[list[object]]:
+    """Budget, baseline, then the comparison of budget - baseline."""
+    words = {"higher": "beats the baseline", "lower": "below the baseline"}
+    return [_paired_row(p.a, p.b, p, words) for p in h.test.vs_baseline]
+
+def fit_sentence(h: HorizonAnalysis) -> str:
+    fit = h.test.fit
+    if fit is None:
+        return f"Scaling curve: not fitted ({h.test.fit_note})."
+    n = len(h.test.selected[0].predictions.scores) if h.test.selected and h.test.selected[0].predictions else 0
+    return (f"Scaling curve ({h.test.fit_note}): test AUC = {fit.intercept:.4f} {'+' if fit.slope >= 0 else '-'} "
+            f"{abs(fit.slope):.4f} x log10(parameters); **slope {fit.slope:+.4f} per tenfold parameters, 95% band "
+            f"[{fit.slope_low:+.4f}, {fit.slope_high:+.4f}]** (paired bootstrap, {fit.resamples} resamples of the "
+            f"{n} test windows).")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- a horizon on validation
+
+
+def bests_rows(h: HorizonAnalysis, runs: pd.DataFrame) -> list[list[object]]:
+    rows = []
+    for b in h.bests:
+        if b.best is None:
+            rows.append([b.budget, "no runs" if not b.trials else f"0/{b.trials}"] + [""] * 13)
+            continue
+        t = b.best
+        rows.append([
+            b.budget, f"{b.complete}/{b.trials}", _auc(b.interval.auc), _ci(b.interval),
+            _vs(b.vs_baseline, "beats", "below") if b.vs_baseline else "no baseline",
+            _auc(_test_auc(t, runs)), _trial_ref(t), *[t[c] for c in CONFIG_COLUMNS], b.interval.method,
+        ])  # fmt: skip
+    return rows
+
+def ordering(h: HorizonAnalysis) -> str:
+    """`20M (0.7189) > 2M (0.7173) > 200M (0.7152)` by best val AUC; empty without complete trials."""
+    ranked = sorted((b for b in h.bests if b.best is not None), key=lambda b: -b.interval.auc)
+    if not ranked:
+        return ""
+    text = f"{ranked[0].budget} ({ranked[0].interval.auc:.4f})"
+    for before, b in zip(ranked, ranked[1:]):
+        text += f" {'=' if b.interval.auc == before.interval.auc else '>'} {b.budget} ({b.interval.auc:.4f})"
+    return text
+
+def pairs_rows(h: HorizonAnalysis) -> list[list[object]]:
+    return [[p.smaller, p.larger, f"{p.diff:+.4f}",
+             "n/a" if math.isnan(p.low) else f"[{p.low:+.4f}, {p.high:+.4f}]",
+             {"higher": "larger is better", "lower": "smaller is better"}.get(p.verdict, p.verdict)]
+            for p in h.scaling.pairs.itertuples()]  # fmt: skip
+
+@dataclass(frozen=True)
+class BaselineVerdict:
+    """The best baseline at a horizon and the budgets whose best trial is above / below it."""
+
+    top: pd.Series
+    beating: list[str]
+    below: list[str]
+
+
+def baseline_verdict(h: HorizonAnalysis) -> BaselineVerdict | None:
+    """The best baseline and the budgets beating it / below it; None without a comparison."""
+    with_runs = [b for b in h.bests if b.vs_baseline is not None]
+    if h.baselines.empty or not with_runs:
+        return None
+    return BaselineVerdict(
+        top=h.baselines.iloc[0],
+        beating=[b.budget for b in with_runs if b.vs_baseline.verdict == "higher"],
+        below=[b.budget for b in with_runs if b.vs_baseline.verdict == "lower"],
+    )
+
+
+def baseline_rows(h: HorizonAnalysis) -> list[list[object]]:
+    return [[b["baseline_model"], _auc(b["val_auc"]), _auc(b["test_auc"]), b["study"]] for _, b in h.baselines.iterrows()]
+
+def consistency_rows(h: HorizonAnalysis) -> list[list[object]]:
+    return [[c.param, c.verdict,
+             ", ".join(f"{k}: {fmt_value(v)}" for k, v in c.best_trial.items()) or "n/a",
+             ", ".join(f"{k}: {fmt_value(v)}" for k, v in c.best_mean.items()) or "n/a"]
+            for c in h.consistency.itertuples()]  # fmt: skip
+
+def collapse_rows(h: HorizonAnalysis) -> list[list[object]]:
+    with_trials = {b.budget for b in h.bests if b.trials}
+    rows = []
+    for name, c in h.collapse.items():
+        if name in with_trials:
+            best = "n/a" if c.best_collapsed is None else ("yes" if c.best_collapsed else "no")
+            rows.append([name, f"{c.collapsed}/{c.checked}", c.narrow, c.one_class, _auc(c.mean_pred_range),
+                         _auc(c.mean_recall), best])  # fmt: skip
+    return rows
+
+
+# ----------------------------------------------------------------------------- one study
+
+
+def study_budget(s: StudyAnalysis) -> str:
+    return s.budget if s.group == s.budget else f"{s.group} (the {s.budget} grid standing in for {s.group.removeprefix('smoke-')})"
+
+def best_config_rows(s: StudyAnalysis) -> list[list[object]]:
+    keys = ["arch_idx", "grid_version", *CONFIG_COLUMNS, "d_ff", "params", "batch_size", "seed"]
+    return [[k, s.best[k]] for k in keys]
+
+def study_collapse_rows(s: StudyAnalysis) -> list[list[object]]:
+    return [[_trial_ref(t), _auc(t["val_auc"]), _auc(t["pred_range"]), _auc(t["recall"])]
+            for _, t in s.collapse.trials.head(20).iterrows()]  # fmt: skip
+
+def importance_rows(s: StudyAnalysis) -> list[list[object]]:
+    rows = []
+    for r in s.importance.itertuples():
+        share = 0 if math.isnan(r.eta_squared) else r.eta_squared
+        rows.append([r.param, _auc(r.eta_squared), "█" * round(share * 30) or "·", r.values, r.trials])
+    return rows
+
+def trend_rows(t: Trend) -> list[list[object]]:
+    return [[fmt_value(v.value), _auc(v.mean), _auc(v.std), int(v.count)] for v in t.table.itertuples()]
+
+def coverage_headers(cov: Coverage) -> list[str]:
+    return [f"{cov.row} \\ {cov.col}", *[fmt_value(c) for c in cov.counts.columns]]
+
+def coverage_rows(cov: Coverage) -> list[list[object]]:
+    """Counts per cell; `·` where the budget's grid has no architecture and no trial ran."""
+    rows = []
+    for r in cov.counts.index:
+        cells = []
+        for c in cov.counts.columns:
+            n = int(cov.counts.loc[r, c])
+            feasible = cov.feasible is None or bool(cov.feasible.loc[r, c])
+            cells.append(str(n) if feasible or n else "·")
+        rows.append([fmt_value(r), *cells])
+    return rows
+
+def extreme_rows(s: StudyAnalysis) -> list[list[object]]:
+    planned = {True: "yes", False: "no", None: "n/a"}
+    return [[fmt_value(e.trial), e.extreme_type, e.source, e.state, _auc(e.val_auc), e.d_model, e.n_layers, e.n_heads,
+             e.d_ff_ratio, planned[e.as_planned]] for e in s.extremes.itertuples()]  # fmt: skip
+
+def hparam_cells(g: Gaps, limit: int = 12) -> str:
+    cells = ", ".join(f"({fmt_value(a)}, {fmt_value(b)})" for a, b in g.untried_hparam_cells[:limit])
+    return cells + (" ..." if len(g.untried_hparam_cells) > limit else "")
+
+def gap_cell_rows(g: Gaps, limit: int = 12) -> list[list[object]]:
+    return [[fmt_value(d), fmt_value(n), ", ".join(map(str, idx))] for d, n, idx in g.untried_cells[:limit]]
+
+def study_baseline_rows(s: StudyAnalysis) -> list[list[object]]:
+    return [[b["baseline_model"], _auc(b["val_auc"]), _auc(b["test_auc"])] for _, b in s.baselines.iterrows()]
+
+
+# ----------------------------------------------------------------------------- the Prefect table
+
+
+def _plain(value: object) -> object:
+    """JSON-safe: NaN to None, numpy scalars to Python."""
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+def best_per_budget_rows(analysis: CampaignAnalysis) -> list[dict[str, object]]:
+    """The best-per-budget table, one row per (horizon, budget), for a Prefect table artifact."""
+    rows = []
+    for h in analysis.horizons:
+        for b in h.bests:
+            row: dict[str, object] = {"horizon": f"h{h.horizon}", "budget": b.budget, "complete": b.complete}
+            if b.best is not None:
+                known = not math.isnan(b.interval.se)
+                row.update(best_val_auc=round(b.interval.auc, 4),
+                           ci_low=round(b.interval.low, 4) if known else None,
+                           ci_high=round(b.interval.high, 4) if known else None,
+                           ci_method=b.interval.method, trial=_trial_ref(b.best),
+                           **{c: _plain(b.best[c]) for c in CONFIG_COLUMNS})  # fmt: skip
+            if b.baseline is not None:
+                row["best_baseline"] = f"{b.baseline['baseline_model']} {b.baseline['val_auc']:.4f}"
+                row["vs_baseline"] = b.vs_baseline.verdict if b.vs_baseline else None
+            selected = next((s for s in h.test.selected if s.budget == b.budget), None)
+            row["test_auc"] = None if selected is None else round(selected.test_auc, 4) if selected.predictions else None
+            row["scaling_on_test"] = h.test.verdict
+            rows.append({k: _plain(v) for k, v in row.items()})
+    return rows
+
+
+# ----------------------------------------------------------------------------- what the templates see
+
+FILTERS = dict(auc=_auc, cell=_cell, anchor=_anchor, counts=_counts, fmt=fmt_value, values=_values)
+GLOBALS = dict(
+    bests_rows=bests_rows, ordering=ordering, pairs_rows=pairs_rows,
+    baseline_verdict=baseline_verdict, consistency_rows=consistency_rows, collapse_rows=collapse_rows,
+    study_budget=study_budget, best_config_rows=best_config_rows, study_collapse_rows=study_collapse_rows,
+    importance_rows=importance_rows, trend_rows=trend_rows, coverage_rows=coverage_rows, extreme_rows=extreme_rows,
+    figure_link=figure_link, trial_ref=_trial_ref, isnan=_missing, checklist_rows=checklist_rows,
+    baseline_rows=baseline_rows, hparam_cells=hparam_cells, gap_cell_rows=gap_cell_rows,
+    study_baseline_rows=study_baseline_rows, coverage_headers=coverage_headers, test_selected_rows=test_selected_rows,
+    test_pair_rows=test_pair_rows, test_baseline_rows=test_baseline_rows, fit_sentence=fit_sentence, ALPHA=ALPHA,
+    BOOTSTRAP_RESAMPLES=BOOTSTRAP_RESAMPLES,
+    COLLAPSE_PRED_RANGE=COLLAPSE_PRED_RANGE, TREND_ALPHA=TREND_ALPHA, MIN_TREND_TRIALS=MIN_TREND_TRIALS, TOP_K=TOP_K,
+)  # fmt: skip
