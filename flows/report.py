@@ -12,7 +12,14 @@ from prefect import flow
 
 from schemas.config import SearchSpace, StoreConfig
 from tasks.report.render import ReportFiles
-from tasks.report.tasks import add_test_verdicts, analyse_runs, log_report, publish_artifacts, query_runs, write_report
+from tasks.report.tasks import (
+    add_test_verdicts,
+    analyse_runs,
+    log_report_task,
+    publish_artifacts,
+    query_runs_task,
+    write_report_task,
+)
 
 
 @flow(name="report", log_prints=True)
@@ -20,11 +27,11 @@ def report(stores: StoreConfig = StoreConfig(), out: Path = Path("reports"), sea
            log_to_mlflow: bool = True) -> ReportFiles:  # fmt: skip
     """Write the cross-budget report of every study in MLflow to `out` and publish it."""
     source = stores.mlflow_uri
-    runs = query_runs(stores)
+    runs = query_runs_task(stores)
     analysis = add_test_verdicts(stores, analyse_runs(runs, search))
-    files = write_report(analysis, out, source)
+    files = write_report_task(analysis, out, source)
     if log_to_mlflow:
-        files.mlflow_run_id = log_report(stores, files)
+        files.mlflow_run_id = log_report_task(stores, files)
     publish_artifacts(analysis, source)
     print(f"report of {len(runs)} runs: {files.html} (MLflow run {files.mlflow_run_id})")
     return files

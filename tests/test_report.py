@@ -383,8 +383,7 @@ def test_report_with_predictions_stays_fast_with_thousands_of_runs(tmp_path, mon
     from mlflow.tracking import MlflowClient
 
     from schemas.config import SearchSpace
-    from tasks.report.tasks import add_test_verdicts, analyse_runs, log_report as log_task
-    from tasks.report.tasks import query_runs as query_task, write_report as write_task
+    from tasks.report.tasks import add_test_verdicts, analyse_runs, log_report_task, query_runs_task, write_report_task
     from tasks.tracking.predictions import download_predictions
 
     stores = StoreConfig(root=tmp_path / "mlruns")
@@ -413,15 +412,15 @@ def test_report_with_predictions_stays_fast_with_thousands_of_runs(tmp_path, mon
         seconds[name] = time.perf_counter() - started
 
     with timed("query"):
-        runs = query_task.fn(stores)
+        runs = query_runs_task.fn(stores)
     with timed("analyse"):
         result = analyse_runs.fn(runs, SearchSpace())
     with timed("test verdicts"):
         result = add_test_verdicts.fn(stores, result)
     with timed("write report"):
-        files = write_task.fn(result, tmp_path / "reports", stores.mlflow_uri)
+        files = write_report_task.fn(result, tmp_path / "reports", stores.mlflow_uri)
     with timed("log report"):
-        files.mlflow_run_id = log_task.fn(stores, files)
+        files.mlflow_run_id = log_report_task.fn(stores, files)
     total = sum(seconds.values())
     print(f"\n2000 runs with predictions: " + ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items())
           + f" (figures {files.seconds['figures']:.2f}s); total {total:.2f}s, {len(downloads)} downloads")

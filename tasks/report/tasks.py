@@ -1,4 +1,6 @@
-"""Prefect tasks of the report: query MLflow, analyse, write, log and publish."""
+"""Prefect tasks of the report: query MLflow, analyse, write, log and publish. A task that wraps a
+plain function of the same name is that name with `_task` (`query_runs_task` runs
+`mlflow_io.query_runs`); its Prefect name stays the plain one."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ MARKDOWN_KEY = "cross-budget-report"
 TABLE_KEY = "best-per-budget"
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def query_runs(stores: StoreConfig) -> pd.DataFrame:
+@task(name="query_runs", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def query_runs_task(stores: StoreConfig) -> pd.DataFrame:
     """Every study, trial and baseline run in MLflow, one row per run."""
     return mlflow_io.query_runs(stores)
 
@@ -34,14 +36,14 @@ def add_test_verdicts(stores: StoreConfig, result: analysis.CampaignAnalysis) ->
     return analysis.with_predictions(result, mlflow_io.load_predictions(stores, result))
 
 
-@task(cache_policy=NO_CACHE)
-def write_report(result: analysis.CampaignAnalysis, out: Path, source: str) -> render.ReportFiles:
+@task(name="write_report", cache_policy=NO_CACHE)
+def write_report_task(result: analysis.CampaignAnalysis, out: Path, source: str) -> render.ReportFiles:
     """report.md, report.html, runs.csv and the figures under `out`."""
     return render.write_report(result, out, source)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def log_report(stores: StoreConfig, files: render.ReportFiles) -> str:
+@task(name="log_report", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def log_report_task(stores: StoreConfig, files: render.ReportFiles) -> str:
     """The report's files as artifacts of a run in the MLflow experiment `reports`."""
     return mlflow_io.log_report(stores, files.out)
 
