@@ -186,6 +186,8 @@ def bench_config(root: Path, n_trials: int) -> HpoConfig:
     study = {"n_trials": n_trials}
     if "baselines" in StudyConfig.model_fields:  # the study flow can fit baselines first: not a trial cost
         study["baselines"] = False
+    if "confirm_seeds" in StudyConfig.model_fields:  # seed confirmation trains after the search: not orchestration
+        study["confirm_seeds"] = 0
     return HpoConfig(
         data=DataConfig(),
         train=TrainConfig(device="cpu"),
@@ -227,7 +229,7 @@ def noop_trials(starts: list[float], clock: CallClock, child_process: bool) -> I
     real_store, real_evaluate = checkpoints.store_if_best, finish.evaluate_on_test
     tracked_run.run_trial_process = run_noop
     checkpoints.store_if_best = lambda *args, **kwargs: False
-    finish.evaluate_on_test = lambda handle, best: (float(NOOP_RESULT["val_auc"]), "none")
+    finish.evaluate_on_test = lambda handle, best, *_: (float(NOOP_RESULT["val_auc"]), "none")
     try:
         yield
     finally:

@@ -212,6 +212,11 @@ class StudyConfig(_Config):
         "plus pruned trials. A study keeps the pruner it was created with",
     )
     prune_after_epochs: int = Field(1, ge=0, description="epochs every trial trains before the pruner may stop it")
+    confirm_top_k: int = Field(3, ge=0, description="configurations (best by val AUC) trained again with new seeds when the study is complete")
+    confirm_seeds: int = Field(
+        2, ge=0, le=20,
+        description="new seeds per confirmed configuration (each then has 1 + this many); the selection is on the seed mean; 0: off",
+    )
 
     @field_validator("grid_version")
     @classmethod
@@ -219,6 +224,17 @@ class StudyConfig(_Config):
         if version not in GRID_VERSIONS:
             raise ValueError(f"unknown grid_version {version}; known: {sorted(GRID_VERSIONS)}")
         return version
+
+    @property
+    def confirming(self) -> bool:
+        """Whether a complete study trains its top configurations again with new seeds."""
+        return self.confirm_top_k > 0 and self.confirm_seeds > 0
+
+    @property
+    def weights_kept(self) -> int:
+        """How many of the best trials keep their weights until the study is finished: every
+        configuration that may be selected on its seed mean must still be there to register."""
+        return max(1, self.confirm_top_k) if self.confirming else 1
 
     @property
     def failure_limit(self) -> int:
@@ -338,7 +354,8 @@ class HpoConfig(_Config):
                 "data": self.data.model_copy(update={"window": min(self.data.window, SMOKE_WINDOW)}),
                 "train": train,
                 "search": self.search.model_copy(update={"learning_rates": SMOKE_LEARNING_RATES}),
-                "study": self.study.model_copy(update={"n_trials": min(self.study.n_trials, 8)}),
+                "study": self.study.model_copy(update={"n_trials": min(self.study.n_trials, 8),
+                                                       "confirm_top_k": min(self.study.confirm_top_k, 2)}),
                 "smoke_switch": True,
             }
         )

@@ -72,7 +72,7 @@ UI_WORKFLOW = "workflowType=machine_learning"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 
 # Tags.
-TAG_RUN_KIND = "run_kind"  # study | trial | baseline | retrain | report
+TAG_RUN_KIND = "run_kind"  # study | trial | baseline | retrain | confirm | report
 TAG_SOURCE = "source"  # hpo | supplemental | legacy | baseline | retrain
 TAG_STUDY = "study"  # the study name, e.g. 20M_h1_v2
 TAG_STUDY_VERSION = "study_version"
@@ -101,13 +101,22 @@ TAG_OPTUNA_TRIAL_ID = "optuna_trial_id"
 # reads its test scores for that trial when the trial has none of its own)
 TAG_RETRAIN_OF = "retrain_of"
 TAG_SMOKE_OF = "smoke_of"  # on a smoke study's run: the budget it stands in for
+# confirm (run_kind=confirm): the trial run whose configuration this run trained again with another
+# seed (tag seed_index 1, 2, ...; the original trial is seed 0), for selection on the seed mean.
+TAG_CONFIRM_OF = "confirm_of"
+TAG_SEED_INDEX = "seed_index"
+# On the study run and the registered model: how the configuration was selected
+# (seed_mean: best mean val AUC over its seeds; single_run: the best trial, confirm_seeds=0).
+TAG_SELECTED_BY = "selected_by"
+# The study run's figures of the selected configuration over its seeds (the trial is one of them).
+SEED_METRICS: tuple[str, ...] = ("seeds", "seed_mean_val_auc", "seed_sd_val_auc", "seed_mean_test_auc", "seed_sd_test_auc")
 # On the study run.
 TAG_STUDY_STATE = "study_state"  # running | stopped | complete | evaluation_failed
 TAG_BEST_TRIAL = "best_trial"
 TAG_BEST_RUN_ID = "best_run_id"
 TAG_EVALUATED_ON = "evaluated_on"  # the worker (host:pid) that evaluated the best trial on test
 # On a trial run: where its weights are. `stored` while it is the study's best so far (the
-# artifact `checkpoint/trial_N.pt`), `pruned` once a better trial replaced it.
+# artifact `checkpoint/trial_N.pt`), `deleted` once better trials replaced it (`pruned` before 2026-12).
 TAG_CHECKPOINT = "checkpoint"
 CHECKPOINT_DIR = "checkpoint"
 # The best model of a study is registered as a version of the registered model named like the

@@ -39,7 +39,8 @@ def smoke_config(tmp_path: Path) -> HpoConfig:
     return HpoConfig(
         data=DataConfig(),
         train=TrainConfig(max_epochs=1, max_batches_per_epoch=4, batch_size=64, max_warmup_steps=2, device="cpu"),
-        study=StudyConfig(n_trials=8, heartbeat_interval_s=1, heartbeat_grace_s=4, baselines=False),
+        # seed confirmation off: the tests of the search stay about the search (tests/test_confirm.py has it on)
+        study=StudyConfig(n_trials=8, heartbeat_interval_s=1, heartbeat_grace_s=4, baselines=False, confirm_seeds=0),
         stores=StoreConfig(root=tmp_path / "mlruns"),
     )
 

@@ -53,10 +53,11 @@ def artifact_path(number: int) -> str:
     return f"{T.CHECKPOINT_DIR}/trial_{number}.pt"
 
 
-def best_value_so_far(study: optuna.Study) -> float | None:
-    """The best val AUC of the study's complete trials (None before the first)."""
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return max(values) if values else None
+def best_value_so_far(study: optuna.Study, keep: int = 1) -> float | None:
+    """The `keep`-th best val AUC of the study's complete trials (None while fewer have completed):
+    a trial at least this good is among the ones whose weights are kept."""
+    values = sorted((t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), reverse=True)
+    return values[keep - 1] if len(values) >= keep else None
 
 
 def store_if_best(client: MlflowClient, run_id: str, checkpoint: Path, value: float, best_so_far: float | None) -> bool:
@@ -74,8 +75,10 @@ def store_if_best(client: MlflowClient, run_id: str, checkpoint: Path, value: fl
     return True
 
 
-def discard_weights(client: MlflowClient, experiment_id: str, checkpoint_dir: Path, study: optuna.Study) -> None:
-    """Delete the weights of every finished trial but the best, here and in MLflow.
+def discard_weights(client: MlflowClient, experiment_id: str, checkpoint_dir: Path, study: optuna.Study,
+                    keep: int = 1) -> None:
+    """Delete the weights of every finished trial but the `keep` best (the best and, when the study
+    confirms its top configurations on seeds, the ones it may select), here and in MLflow.
 
     The candidates are listed before the study's best is read: a trial that finished in between
     is then in the best's reading too, so a new best is never deleted as a stale candidate."""
@@ -85,10 +88,15 @@ def discard_weights(client: MlflowClient, experiment_id: str, checkpoint_dir: Pa
     if not any(t.state == TrialState.COMPLETE for t in trials.values()):
         return
     best = study.best_trial  # Optuna's pick among ties too: the trial that finishing will fetch
+    ranked = sorted((t for t in trials.values() if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
+    by_configuration: dict[tuple, int] = {}  # each configuration's best trial, in rank order
+    for trial in ranked:
+        by_configuration.setdefault(tuple(sorted(trial.params.items())), trial.number)
+    kept = {best.number, *list(by_configuration.values())[:keep]}
 
     def obsolete(number: int | None) -> bool:
         trial = trials.get(number)
-        return trial is not None and trial.state in FINISHED and trial.number != best.number
+        return trial is not None and trial.state in FINISHED and trial.number not in kept
 
     for number, path in files.items():
         if obsolete(number):
@@ -168,7 +176,7 @@ def log_best_model(
     example = PreparedData.load(dataset_path).windows("val")[:EXAMPLE_WINDOWS].astype("float32")  # (4, window, 25)
     model = build_model(Architecture(**saved["arch"]), 0.0, train, example.shape[1])
     model.load_state_dict(saved["state"])
-    scored = torch.nn.Sequential(model, torch.nn.Sigmoid()).eval()  # (B, window, 25) -> (B,) probabilities
+    scored = torch.nn.Sequential(model, torch.nn.Sigmoid()).eval()  # (B, window, F) -> (B,) probabilities
     with torch.no_grad():
         probabilities = scored(torch.from_numpy(example)).numpy()
     with active_run(client, study_run_id):

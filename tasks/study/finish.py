@@ -7,16 +7,23 @@ another worker trained them (tasks.study.checkpoints).
 
 from __future__ import annotations
 
+import logging
+import math
+import statistics
+
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial
 
 from schemas import tracking as T
 from schemas.trial import TrialRequest
 from tasks.study import checkpoints, space
+from tasks.study.confirm import ConfirmedConfiguration, confirm_study, select_on_seed_mean
 from tasks.study.store import ATTR_MLFLOW_RUN, StudyHandle
 from tasks.study.tracked_run import evaluate_in_process
 from tasks.tracking.predictions import log_scores_file, scores_path
 from tasks.tracking.runs import end_run, worker_name
+
+log = logging.getLogger("hpo")
 
 
 class EvaluationFailed(RuntimeError):
@@ -37,8 +44,9 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
         end_run(client, parent, "stopped", {T.TAG_STUDY_STATE: "stopped"})
         return summary
 
-    best = handle.study.best_trial
-    summary.update(state="complete", best_trial=best.number, best_val_auc=best.value)
+    best, confirmed = _select(handle)
+    summary.update(state="complete", best_trial=best.number, best_val_auc=best.value,
+                   selected_by="seed_mean" if confirmed else "single_run")
     recorded = client.get_run(parent).data
     if (recorded.tags.get(T.TAG_STUDY_STATE) == "complete" and recorded.tags.get(T.TAG_BEST_TRIAL) == str(best.number)
             and _has_test_scores(client, best)):  # fmt: skip
@@ -48,14 +56,19 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
         checkpoints.remove_local(handle.checkpoint_dir)
         return summary
     try:
-        test_auc, version = evaluate_on_test(handle, best)
+        test_auc, version = evaluate_on_test(handle, best, summary["selected_by"])
     except Exception as exc:  # a missing checkpoint, a failed evaluation, a store that broke: retried by a rerun
         reason = f"{type(exc).__name__}: {exc}"[:4000]
         end_run(client, parent, "failed", {T.TAG_STUDY_STATE: "evaluation_failed", T.TAG_FAILURE_REASON: reason})
         raise
     summary.update(best_test_auc=test_auc, model_version=version)
     metrics = dict(zip(T.STUDY_METRICS, (best.value, test_auc, counts["complete"], counts["failed"], counts["pruned"])))
+    if confirmed:
+        seed_figures = _seed_figures(confirmed, test_auc)
+        summary.update(seed_figures)
+        metrics.update(seed_figures)
     end_run(client, parent, "complete", metrics=metrics, tags={
+        T.TAG_SELECTED_BY: summary["selected_by"],
         T.TAG_BEST_TRIAL: str(best.number),
         T.TAG_BEST_RUN_ID: best.user_attrs.get(ATTR_MLFLOW_RUN, ""),
         T.TAG_STUDY_STATE: "complete",
@@ -66,12 +79,33 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
     return summary
 
 
+def _select(handle: StudyHandle) -> tuple[FrozenTrial, ConfirmedConfiguration | None]:
+    """The selected trial: with seed confirmation on, the trial of the configuration with the best
+    mean val AUC over its seeds (and those figures); otherwise the best single trial."""
+    if not handle.config.study.confirming:
+        return handle.study.best_trial, None
+    selected = select_on_seed_mean(confirm_study(handle))
+    trial = next(t for t in handle.study.get_trials(deepcopy=False) if t.number == selected.trial_number)
+    log.info("%s: selected #%d on its mean val AUC %.4f over %d seeds (best single trial #%d, %.4f)", handle.name,
+             trial.number, selected.mean_val_auc, selected.seeds, handle.study.best_trial.number, handle.study.best_value)
+    return trial, selected
+
+
+def _seed_figures(confirmed: ConfirmedConfiguration, trial_test_auc: float) -> dict[str, float]:
+    """The selected configuration over its seeds (schemas.tracking.SEED_METRICS): the trial's test
+    AUC is seed 0's; a seed whose run failed is missing from both means."""
+    tests = [trial_test_auc, *confirmed.test_aucs]
+    spread = lambda values: statistics.stdev(values) if len(values) > 1 else math.nan  # noqa: E731
+    return dict(zip(T.SEED_METRICS, (float(confirmed.seeds), confirmed.mean_val_auc, spread(confirmed.val_aucs),
+                                     statistics.fmean(tests), spread(tests))))  # fmt: skip
+
+
 def _has_test_scores(client: MlflowClient, best: FrozenTrial) -> bool:
     run_id = best.user_attrs.get(ATTR_MLFLOW_RUN)
     return bool(run_id) and bool(client.get_run(run_id).data.tags.get(T.predictions_tag("test")))
 
 
-def evaluate_on_test(handle: StudyHandle, best: FrozenTrial) -> tuple[float, str]:
+def evaluate_on_test(handle: StudyHandle, best: FrozenTrial, selected_by: str = "single_run") -> tuple[float, str]:
     """The selected trial's test AUC (the only time a study touches the test split) and the
     version of its registered model. Raises CheckpointMissing or EvaluationFailed."""
     run_id = best.user_attrs.get(ATTR_MLFLOW_RUN)
@@ -96,7 +130,7 @@ def evaluate_on_test(handle: StudyHandle, best: FrozenTrial) -> tuple[float, str
              **arch.as_dict()}
     version = checkpoints.log_best_model(
         handle.client, handle.parent_run_id, handle.name, checkpoint, handle.dataset_path, handle.config.train,
-        tags={k: entry[k] for k in T.MODEL_VERSION_TAGS},
+        tags={**{k: entry[k] for k in T.MODEL_VERSION_TAGS}, T.TAG_SELECTED_BY: selected_by},
     )
     return test_auc, version
 

@@ -27,10 +27,8 @@ from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
 from tasks.data.dataset import cached_dataset
-from tasks.study.tracked_run import RunTarget, evaluate_in_process, run_tracked, trial_params
-from tasks.study.trial_process import TrialOutcome
-from tasks.tracking.predictions import log_scores_file, scores_path
-from tasks.tracking.runs import ensure_study_run, log_batch, mlflow_client, search_all_runs
+from tasks.study.tracked_run import RunTarget, TestScoring, run_tracked, trial_params
+from tasks.tracking.runs import ensure_study_run, mlflow_client, search_all_runs
 
 log = logging.getLogger("hpo")
 
@@ -123,32 +121,17 @@ def retrain(config: HpoConfig, study: str, trial: str) -> RetrainResult:
     request = TrialRequest(trial_number=-1, dataset_path=dataset_path, window=config.data.window, arch=arch,
                            train=config.train, checkpoint_path=config.stores.checkpoint_dir(study) / f"retrain_{trial}.pt",
                            **hparams)  # fmt: skip
-    scored: dict[str, float] = {}
-
-    def score_on_test(run_id: str, trained: TrialOutcome) -> TrialOutcome | None:
-        """Between training and the run's end: the val scores, then the test split scored and logged."""
-        if not trained.complete:
-            return None
-        scored["val_auc"] = float(trained.result["val_auc"])
-        log_scores_file(client, run_id, scores_path(request.checkpoint_path, "val"))
-        evaluation = evaluate_in_process(request, "test", config.study.stall_timeout_s)
-        if not evaluation.complete or not log_scores_file(client, run_id, scores_path(request.checkpoint_path, "test")):
-            reason = evaluation.reason if not evaluation.complete else "the test scores could not be logged"
-            return TrialOutcome("failed", failure_kind=evaluation.failure_kind or "error", reason=f"test evaluation: {reason}")
-        scored["test_auc"] = float(evaluation.result["auc"])
-        log_batch(client, run_id, metrics={"test_auc": scored["test_auc"]})
-        return None
-
+    scoring = TestScoring(client, request, config.study.stall_timeout_s)
     tracked = run_tracked(client, target, request, config.data, stall_timeout_s=config.study.stall_timeout_s,
                           on_started=lambda run_id: log.info("Re-training %s #%s (%s parameters) as run %s", study, trial,
                                                              f"{arch.params:,}", run_id),
-                          before_end=score_on_test)  # fmt: skip
+                          before_end=scoring)  # fmt: skip
     run_id, outcome = tracked.run_id, tracked.outcome
-    if not outcome.complete and "val_auc" in scored:  # trained, then the test evaluation failed
-        return RetrainResult(study, trial, "failed", outcome.reason or "test evaluation failed", run_id, scored["val_auc"])
+    if not outcome.complete and scoring.val_auc is not None:  # trained, then the test evaluation failed
+        return RetrainResult(study, trial, "failed", outcome.reason or "test evaluation failed", run_id, scoring.val_auc)
     if not outcome.complete:
         return RetrainResult(study, trial, "failed", f"{outcome.failure_kind}: {outcome.reason}", run_id)
-    val_auc, test_auc = float(outcome.result["val_auc"]), scored["test_auc"]
+    val_auc, test_auc = float(outcome.result["val_auc"]), scoring.test_auc
     recorded = selected.data.metrics["val_auc"]
     detail = f"val AUC {val_auc:.4f} (recorded {recorded:.4f}), test AUC {test_auc:.4f}"
     if not math.isclose(val_auc, recorded, abs_tol=0.02):

@@ -31,7 +31,7 @@ from schemas.config import DataConfig
 from schemas.trial import TrialRequest
 from tasks.study.trial_process import TrialOutcome, run_trial_process
 from tasks.tracking.datasets import log_dataset_input, prepared_dataset_entity
-from tasks.tracking.predictions import scores_path
+from tasks.tracking.predictions import log_scores_file, scores_path
 from tasks.tracking.runs import end_run, log_batch, start_run
 
 
@@ -149,3 +149,27 @@ def evaluate_in_process(request: TrialRequest, split: str, stall_timeout_s: floa
     """Score saved weights on a split in a trial process (it trains nothing, so no run of its own):
     the weights at `request.checkpoint_path`, the scores written beside them."""
     return run_trial_process(request.model_copy(update={"mode": "evaluate", "split": split}), stall_timeout_s=stall_timeout_s)
+
+
+class TestScoring:
+    """A `before_end` for runs scored on test too (a re-training, a confirmation seed): once the
+    run has trained, its val scores are logged, its weights scored on the test split and those
+    scores logged; a failure there ends the run failed ("test evaluation: ...")."""
+
+    def __init__(self, client: MlflowClient, request: TrialRequest, stall_timeout_s: float | None):
+        self.client, self.request, self.stall_timeout_s = client, request, stall_timeout_s
+        self.val_auc: float | None = None
+        self.test_auc: float | None = None
+
+    def __call__(self, run_id: str, trained: TrialOutcome) -> TrialOutcome | None:
+        if not trained.complete:
+            return None
+        self.val_auc = float(trained.result["val_auc"])
+        log_scores_file(self.client, run_id, scores_path(self.request.checkpoint_path, "val"))
+        evaluation = evaluate_in_process(self.request, "test", self.stall_timeout_s)
+        if not evaluation.complete or not log_scores_file(self.client, run_id, scores_path(self.request.checkpoint_path, "test")):
+            reason = evaluation.reason if not evaluation.complete else "the test scores could not be logged"
+            return TrialOutcome("failed", failure_kind=evaluation.failure_kind or "error", reason=f"test evaluation: {reason}")
+        self.test_auc = float(evaluation.result["auc"])
+        log_batch(self.client, run_id, metrics={"test_auc": self.test_auc})
+        return None

@@ -172,8 +172,9 @@ def tell_optuna(handle: StudyHandle, trial: optuna.Trial, run_id: str, request: 
     if outcome.complete:
         result = outcome.result
         trial.set_user_attr("result", {k: result[k] for k in ("epochs", "best_epoch", "pred_range")})
+        kept = handle.config.study.weights_kept
         checkpoints.store_if_best(handle.client, run_id, request.checkpoint_path, result["val_auc"],
-                                  checkpoints.best_value_so_far(handle.study))
+                                  checkpoints.best_value_so_far(handle.study, kept))
         log_scores_file(handle.client, run_id, scores_path(request.checkpoint_path, "val"))
         handle.study.tell(trial, result["val_auc"])
     elif outcome.pruned:
@@ -206,6 +207,8 @@ def _summary(outcome: TrialOutcome) -> str:
 
 
 def discard_weights(handle: StudyHandle) -> None:
-    """Keep the best finished trial's weights only, on this worker and in MLflow (a 2B checkpoint
-    is gigabytes; see tasks.study.checkpoints)."""
-    checkpoints.discard_weights(handle.client, handle.experiment_id, handle.checkpoint_dir, handle.study)
+    """Keep only the weights of the best finished trials (the best, or the top configurations a
+    seed-confirmed selection may pick), on this worker and in MLflow (a 2B checkpoint is gigabytes;
+    see tasks.study.checkpoints)."""
+    checkpoints.discard_weights(handle.client, handle.experiment_id, handle.checkpoint_dir, handle.study,
+                                keep=handle.config.study.weights_kept)
