@@ -32,6 +32,9 @@ PURE = (
     "tasks/legacy/heads.py",
     "tasks/legacy/records.py",
     "tasks/legacy/recover.py",
+    "tasks/legacy/grids.py",
+    "tasks/legacy/optuna_sources.py",
+    "tasks/legacy/reconcile.py",
     "tasks/training/trainer.py",
     "tasks/training/batch_size.py",
 )
@@ -144,3 +147,50 @@ def test_no_import_cycles(lazy_too: bool):
     if lazy_too and cycle and all(m.startswith("flows.") for m in cycle):
         pytest.skip("lazy imports between flows (the CLI imports flows on demand) are not cycles at import time")
     assert cycle is None, " -> ".join(cycle)
+
+
+def called_names(tree: ast.Module) -> set[str]:
+    """Names of the functions a module calls (`run_trial_process` for `x.run_trial_process(...)` too)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name):
+                names.add(node.func.id)
+            elif isinstance(node.func, ast.Attribute):
+                names.add(node.func.attr)
+    return names
+
+
+def test_trial_processes_are_started_by_the_tracked_run_recipe_only():
+    """Every kind of run that trains goes through tasks/study/tracked_run.py (DESIGN: one recipe
+    for a tracked run); a new kind is an argument to it, not another copy."""
+    starters = {path for path, tree in sources(*PACKAGES).items() if "run_trial_process" in called_names(tree)}
+    assert starters <= {"tasks/study/tracked_run.py"}, starters
+
+
+def test_faults_are_injected_at_one_seam():
+    """Only tasks/study/faults.py reads the fault switch, so the trial worker's own code is load -> train -> save."""
+    readers = [path for path, tree in sources(*PACKAGES).items()
+               if path != "schemas/trial.py" and any(isinstance(n, ast.Name) and n.id == "FAULT_ENV" for n in ast.walk(tree))]
+    assert readers == ["tasks/study/faults.py"]
+
+
+def test_a_prefect_task_is_named_apart_from_every_plain_function():
+    """`open_study_task` runs `open_study`: a reader (and an import) never takes one for the other."""
+    trees = sources(*PACKAGES)
+    plain, wrapped = set(), {}
+    for path, tree in trees.items():
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                if "task" in decorators(ast.Module(body=[node], type_ignores=[])):
+                    wrapped[node.name] = path
+                else:
+                    plain.add(node.name)
+    assert not {name: path for name, path in wrapped.items() if name in plain}
+
+
+def test_horizons_are_parsed_in_one_place():
+    """`h1` -> 1 lives in schemas/names.py (parse_horizon); nowhere else strips the `h`."""
+    parsers = [path for path in sources(*PACKAGES) if path != "schemas/names.py"
+               and 'removeprefix("h")' in (REPO / path).read_text()]
+    assert not parsers
