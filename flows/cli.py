@@ -421,6 +421,8 @@ def retrain(
     study: Annotated[str, typer.Argument(help="the study, e.g. 2M_h5 (as the report names it)")],
     trials: Annotated[list[str], typer.Argument(help="trial numbers or supplemental ids, e.g. 17 or S2")],
     max_epochs: Annotated[int | None, typer.Option(help="epochs (default: the configured 50, early stopping)")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="seeds per configuration (seed noise for the verdict; "
+                                       "each seed is one more training)")] = 1,
     device: Device = None,
     root: Root = None,
     tracking_uri: TrackingUri = None,
@@ -436,16 +438,16 @@ def retrain(
     config = with_train_options(base, device=device, max_epochs=max_epochs)
     _configure_logging()
     try:
-        results = retrain_flow(trials=[f"{study} {t}" for t in trials], config=config)
+        results = retrain_flow(trials=[f"{study} {t}" for t in trials], config=config, seeds=seeds)
     except RetrainRefused as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     table = Table(title="re-trained configurations")
-    for column in ("study", "trial", "state", "val_auc", "test_auc", "detail"):
+    for column in ("study", "trial", "seed", "state", "val_auc", "test_auc", "detail"):
         table.add_column(column)
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     for r in results:
-        table.add_row(r["study"], r["trial"], r["state"], fmt(r["val_auc"]), fmt(r["test_auc"]), r["detail"])
+        table.add_row(r["study"], r["trial"], str(r.get("seed_index", 0)), r["state"], fmt(r["val_auc"]), fmt(r["test_auc"]), r["detail"])
     console.print(table)
 
 

@@ -10,13 +10,13 @@ from tasks.study.tasks import retrain_trial_task
 
 
 @flow(name="retrain")
-def retrain_flow(trials: list[str], config: HpoConfig = HpoConfig()) -> list[dict]:
+def retrain_flow(trials: list[str], config: HpoConfig = HpoConfig(), seeds: int = 1) -> list[dict]:
     """Re-train each `STUDY #TRIAL` (given as "STUDY TRIAL", e.g. "2M_h5 17"), one after another;
-    one with test scores from an earlier re-training is skipped."""
+    each with `seeds` seeds; a seed with test scores from an earlier re-training is skipped."""
     results = []
     for entry in trials:
         study, _, trial = entry.partition(" ")
-        results.append(retrain_trial_task.with_options(task_run_name=f"{study} #{trial}")(study, trial.strip(), config))
+        results.extend(retrain_trial_task.with_options(task_run_name=f"{study} #{trial}")(study, trial.strip(), config, seeds))
     create_table_artifact(key="retrain", table=results, description="re-trained configurations")
     failed = [r for r in results if r["state"] == "failed"]
     if failed:

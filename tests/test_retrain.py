@@ -14,7 +14,7 @@ from models.arch_grid import get_architectures_for_budget
 from schemas import tracking as T
 from schemas.config import HpoConfig
 from tasks.report import analysis, render
-from tasks.study.retrain import RetrainRefused, retrain
+from tasks.study.retrain import RetrainRefused, retrain, retrain_seeds
 from tasks.tracking.runs import mlflow_client, search_all_runs
 
 from helpers import fill_store, study_run, trial
@@ -78,6 +78,14 @@ def test_retrained_scores_make_the_legacy_verdict_determined(legacy_store: HpoCo
     # again: the configuration already has test scores, nothing trains
     again = retrain(config, "smoke-2M_h1", "1")
     assert again.state == "skipped" and again.run_id == result.run_id
+
+    # --seeds 2: seed 0 is the re-training above, seed 1 trains with another seed; again, nothing trains
+    seeded = retrain_seeds(config, "smoke-2M_h1", "1", seeds=2)
+    assert [(r.seed_index, r.state) for r in seeded] == [(0, "skipped"), (1, "complete")]
+    client = mlflow_client(config.stores)
+    seed_run = client.get_run(seeded[1].run_id)
+    assert seed_run.data.tags[T.TAG_SEED_INDEX] == "1" and seed_run.data.params["seed"] != client.get_run(result.run_id).data.params["seed"]
+    assert [r.state for r in retrain_seeds(config, "smoke-2M_h1", "1", seeds=2)] == ["skipped", "skipped"]
 
 
 def test_an_unknown_trial_is_refused_with_what_to_check(legacy_store: HpoConfig) -> None:

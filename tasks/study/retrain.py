@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -27,6 +27,7 @@ from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
 from tasks.data.dataset import cached_dataset
+from tasks.study.confirm import SEED_STRIDE
 from tasks.study.tracked_run import RunTarget, TestScoring, run_tracked, trial_params
 from tasks.tracking.runs import ensure_study_run, mlflow_client, search_all_runs
 
@@ -48,6 +49,7 @@ class RetrainResult:
     test_auc: float | None = None
 
 
+    seed_index: int = 0
 def find_trial_run(client: MlflowClient, study: str, trial: str) -> Run:
     """The finished, complete trial run `study #trial` (an Optuna or legacy trial number, or a
     supplemental id such as S2)."""
@@ -79,24 +81,28 @@ def recorded_architecture(run: Run) -> tuple[str, Architecture, dict[str, float]
     return budget, arch, {k: float(params[k]) for k in T.HPARAMS}
 
 
-def existing_retrain(client: MlflowClient, experiment_id: str, run_id: str) -> Run | None:
-    """A finished re-training of `run_id` that logged its test scores."""
+def existing_retrain(client: MlflowClient, experiment_id: str, run_id: str, seed_index: int = 0) -> Run | None:
+    """A finished re-training of `run_id` with this seed index that logged its test scores (a run
+    from before seed indices counts as seed 0)."""
     runs = search_all_runs(
         client, [experiment_id],
         f"tags.{T.TAG_RETRAIN_OF} = '{run_id}' and attributes.status = 'FINISHED'",
     )  # fmt: skip
-    done = [r for r in runs if r.data.tags.get(T.predictions_tag("test"))]
+    done = [r for r in runs if r.data.tags.get(T.predictions_tag("test"))
+            and int(r.data.tags.get(T.TAG_SEED_INDEX, "0")) == seed_index]
     return done[0] if done else None
 
 
-def retrain(config: HpoConfig, study: str, trial: str) -> RetrainResult:
+def retrain(config: HpoConfig, study: str, trial: str, seed_index: int = 0) -> RetrainResult:
     """Re-train `study #trial`'s configuration on the configured data, log its val and test scores
     on a new `retrain` run; skipped when a finished re-training with test scores exists. A smoke
-    stand-in study is re-trained with the smoke settings it was trained with."""
+    stand-in study is re-trained with the smoke settings it was trained with. Seed index i trains
+    with the configured seed + i * SEED_STRIDE, so `retrain_seeds` gives a recorded configuration
+    several seeds, like a study's confirmation."""
     client = mlflow_client(config.stores)
     selected = find_trial_run(client, study, trial)
     experiment_id = selected.info.experiment_id
-    done = existing_retrain(client, experiment_id, selected.info.run_id)
+    done = existing_retrain(client, experiment_id, selected.info.run_id, seed_index)
     if done is not None:
         return RetrainResult(study, trial, "skipped", "already re-trained", done.info.run_id,
                              done.data.metrics.get("val_auc"), done.data.metrics.get("test_auc"))  # fmt: skip
@@ -107,14 +113,15 @@ def retrain(config: HpoConfig, study: str, trial: str) -> RetrainResult:
     if spec.smoke_of or spec.budget == "smoke":
         config = config.smoke()
     budget, arch, hparams = recorded_architecture(selected)
-    seed = config.train.seed
+    seed = config.train.seed + seed_index * SEED_STRIDE
+    config = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
     parent = ensure_study_run(client, experiment_id, study=study, budget=spec.budget, horizon=spec.horizon,
                               version=spec.version or 1, source="retrain", smoke_of=spec.smoke_of)  # fmt: skip
     target = RunTarget(
         experiment_id=experiment_id, parent_run_id=parent, study=study, run_kind="retrain", source="retrain",
-        name=f"{T.trial_run_name(study, trial)} retrained",
+        name=f"{T.trial_run_name(study, trial)} retrained" + (f" seed {seed_index}" if seed_index else ""),
         tags={T.TAG_RETRAIN_OF: selected.info.run_id, T.TAG_BUDGET: budget, T.TAG_HORIZON: spec.horizon,
-              T.TAG_TRIAL_NUMBER: trial},
+              T.TAG_TRIAL_NUMBER: trial, T.TAG_SEED_INDEX: seed_index},
         params=trial_params(budget, spec.horizon, CURRENT_GRID_VERSION, arch, hparams, config.train.batch_size, seed),
     )  # fmt: skip
     _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
@@ -137,3 +144,12 @@ def retrain(config: HpoConfig, study: str, trial: str) -> RetrainResult:
     if not math.isclose(val_auc, recorded, abs_tol=0.02):
         log.warning("Re-trained %s #%s scores val AUC %.4f against the recorded %.4f: the seed (or data) differs", study, trial, val_auc, recorded)
     return RetrainResult(study, trial, "complete", detail, run_id, val_auc, test_auc)
+
+
+def retrain_seeds(config: HpoConfig, study: str, trial: str, seeds: int = 1) -> list[RetrainResult]:
+    """`hpo retrain STUDY TRIAL --seeds N`: the recorded configuration trained with N seeds (seed
+    indices 0..N-1; those already re-trained are skipped), so a legacy budget's verdict can carry
+    seed noise like a confirmed study's."""
+    if seeds < 1:
+        raise RetrainRefused(f"--seeds {seeds}: give 1 or more seeds")
+    return [replace(retrain(config, study, trial, seed_index), seed_index=seed_index) for seed_index in range(seeds)]

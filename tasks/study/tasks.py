@@ -92,6 +92,6 @@ def run_supplemental_plan_task(plan_name: str, config: HpoConfig) -> list[dict]:
 
 
 @task(name="retrain", cache_policy=NO_CACHE)
-def retrain_trial_task(study: str, trial: str, config: HpoConfig) -> dict:
-    """Re-train one recorded configuration and log its val and test scores (`hpo retrain`)."""
-    return asdict(retrain.retrain(config, study, trial))
+def retrain_trial_task(study: str, trial: str, config: HpoConfig, seeds: int = 1) -> list[dict]:
+    """Re-train one recorded configuration with `seeds` seeds and log each one's val and test scores (`hpo retrain`)."""
+    return [asdict(result) for result in retrain.retrain_seeds(config, study, trial, seeds)]
