@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,8 +20,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from models.arch_grid import BUDGET_BANDS, CURRENT_GRID_VERSION, get_architectures_for_budget
-from schemas.config import HpoConfig, StudyConfig, StudySpec
+from models.arch_grid import BUDGET_BANDS, CURRENT_GRID_VERSION, DEFAULT_NUM_FEATURES, get_architectures_for_budget
+from schemas.config import DataConfig, HpoConfig, StudyConfig, StudySpec
+from schemas.names import HORIZONS
 
 app = typer.Typer(help="Hyperparameter-search campaigns across transformer parameter budgets.", no_args_is_help=True)
 console = Console()
@@ -27,6 +30,12 @@ console = Console()
 # Options left unset defer to --config, then the environment (HPO_ROOT, ...), then the defaults.
 Root = Annotated[Path | None, typer.Option("--root", help="folder of the embedded SQLite stores (default mlruns)")]
 DataSource = Annotated[str | None, typer.Option("--data", help="'bundled' (default) or a CSV/Parquet path")]
+Features = Annotated[str | None, typer.Option(
+    "--features", help="'ohlcv' (default: 25 features computed from OHLCV) or the panel's feature columns, "
+    "comma-separated (f1,f2,...) or @FILE with one name a line")]
+Label = Annotated[str | None, typer.Option(
+    "--label", help="'rule' (default: the threshold rule on High/Close) or the panel's label column template, "
+    "e.g. label_h{horizon}")]
 Storage = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (PostgreSQL for several workers)")]
 TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default SQLite under --root)")]
 Device = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (default auto)")]
@@ -64,10 +73,14 @@ def build_config(
     storage: str | None = None,
     tracking_uri: str | None = None,
     config_file: Path | None = None,
+    *,
+    features: str | None = None,
+    label: str | None = None,
     **study: object,
 ) -> HpoConfig:
     """The config file (or the defaults), then the flags that were given."""
     base = load_config_file(config_file)
+    data_config = data_options(base.data, data, features, label)
     stores = {"root": root, "optuna_storage": storage, "mlflow_tracking_uri": tracking_uri}
     try:  # validated, so that `--pruner medain` is refused with the choices
         study_config = StudyConfig.model_validate({**base.study.model_dump(), **{k: v for k, v in study.items() if v is not None}})
@@ -75,11 +88,58 @@ def build_config(
         raise typer.BadParameter(str(exc)) from exc
     return base.model_copy(
         update={
-            "data": base.data.model_copy(update={"source": data}) if data else base.data,
+            "data": data_config,
             "stores": base.stores.model_copy(update={k: v for k, v in stores.items() if v is not None}),
             "study": study_config,
         }
     )
+
+
+def data_options(base: DataConfig, source: str | None, features: str | None, label: str | None) -> DataConfig:
+    """The data config with --data, --features and --label applied (validated: a bad list is refused)."""
+    update: dict[str, object] = {}
+    if source:
+        update["source"] = source
+    if features:
+        if features.startswith("@"):
+            try:
+                names = [line.strip() for line in Path(features[1:]).read_text().splitlines() if line.strip()]
+            except OSError as exc:
+                raise typer.BadParameter(f"{features[1:]}: {exc}", param_hint="--features") from exc
+        else:
+            names = [name.strip() for name in features.split(",") if name.strip()]
+        update["features"] = "ohlcv" if names == ["ohlcv"] else tuple(names)
+    if label:
+        update["label"] = label
+    try:
+        return DataConfig.model_validate({**base.model_dump(), **update})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).replace("\n", " "), param_hint="--features/--label") from exc
+
+
+def check_data(config: HpoConfig, horizons: Iterable[int]) -> None:
+    """Prepare (and so validate) the data of each horizon before any store is opened: bad input is
+    one line naming the file, the column and the fix, and nothing is written."""
+    from tasks.data.dataset import DataError, cached_dataset
+
+    for horizon in dict.fromkeys(horizons):
+        try:
+            cached_dataset(config.data, horizon, config.stores.cache_dir)
+        except DataError as exc:
+            console.print(f"[red]{exc}[/]", soft_wrap=True)
+            raise typer.Exit(1) from exc
+
+
+@contextmanager
+def refused_data() -> Iterator[None]:
+    """A study's pinned dataset refusing this run's data (or bad data found late): one line, exit 1."""
+    from tasks.data.dataset import DataError, DatasetMismatch
+
+    try:
+        yield
+    except (DataError, DatasetMismatch) as exc:
+        console.print(f"[red]{exc}[/]", soft_wrap=True)
+        raise typer.Exit(1) from exc
 
 
 def with_train_options(config: HpoConfig, **options: object) -> HpoConfig:
@@ -92,14 +152,15 @@ def with_train_options(config: HpoConfig, **options: object) -> HpoConfig:
 def grid(
     budget: Annotated[str, typer.Argument(help="smoke, 2M, 20M, 200M or 2B")],
     grid_version: Annotated[int, typer.Option(help="grid version")] = CURRENT_GRID_VERSION,
+    num_features: Annotated[int, typer.Option(help="features per day F (the exact counts depend on it)")] = DEFAULT_NUM_FEATURES,
 ) -> None:
     """Print a budget's architecture grid as a table."""
     try:
-        archs = get_architectures_for_budget(budget, grid_version=grid_version)
+        archs = get_architectures_for_budget(budget, num_features, grid_version)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     lo, hi = BUDGET_BANDS[budget]
-    table = Table(title=f"{budget} grid v{grid_version}: {len(archs)} architectures in [{lo:,}, {hi:,}] parameters")
+    table = Table(title=f"{budget} grid v{grid_version}, F={num_features}: {len(archs)} architectures in [{lo:,}, {hi:,}] parameters")
     for column in ("arch_idx", "d_model", "n_layers", "n_heads", "d_ff", "d_ff_ratio", "params"):
         table.add_column(column, justify="right")
     for a in archs:
@@ -118,6 +179,8 @@ def train(
     max_epochs: int = 5,
     device: Device = None,
     data: DataSource = None,
+    features: Features = None,
+    label: Label = None,
     root: Root = None,
 ) -> None:
     """Train one architecture once (no study, no tracking) and print its result."""
@@ -125,10 +188,11 @@ def train(
     from tasks.training.trainer import Hyperparams, train_model
 
     spec = StudySpec(budget=budget, horizon=horizon)
-    base = build_config(root, data)
+    base = build_config(root, data, features=features, label=label)
     config = with_train_options(base, max_epochs=max_epochs, device=device)
-    arch = get_architectures_for_budget(spec.budget)[arch_idx]
-    prepared, _ = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
+    arch = get_architectures_for_budget(spec.budget, config.data.num_features)[arch_idx]
+    with refused_data():
+        prepared, _ = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     console.print(f"training {arch} on {prepared.summary()}")
     result, _ = train_model(
         prepared,
@@ -243,6 +307,8 @@ def run(
     pruner: Pruner = None,
     arch_space: ArchSpace = None,
     data: DataSource = None,
+    features: Features = None,
+    label: Label = None,
     root: Root = None,
     config_file: ConfigFile = None,
 ) -> None:
@@ -251,7 +317,7 @@ def run(
     from tasks.study.progress import live_progress
     from tasks.study.store import optuna_storage, resolve_study_name
 
-    base = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, timeout_hours=timeout_hours,
+    base = build_config(root, data, storage, tracking_uri, config_file, features=features, label=label, n_trials=trials, timeout_hours=timeout_hours,
                         slots=slots, pruner=pruner, arch_space=arch_space)
     config = with_train_options(base, device=device, max_epochs=max_epochs)
     try:
@@ -260,13 +326,14 @@ def run(
         raise typer.BadParameter(str(exc)) from exc
     if smoke:
         config, specs = config.smoke(), [s.as_smoke() for s in specs]
+    check_data(config, [s.horizon for s in specs])
     # --fresh is resolved here, once: the flow gets explicit versions, so a Prefect retry of the
     # flow resumes the new study instead of starting yet another one.
     opened = optuna_storage(config.stores, config)
     names = [resolve_study_name(spec, opened)[0] for spec in specs]
     _configure_logging()
     console.print(f"studies: {', '.join(names)}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
-    with live_progress(config.train.max_epochs, console):
+    with live_progress(config.train.max_epochs, console), refused_data():
         summaries = hpo_flow(studies=names, config=config)
     _print_summaries(summaries)
     _print_mlflow_links(config, names)
@@ -304,12 +371,14 @@ def baselines(
     horizon: Annotated[list[str] | None, typer.Option("--horizon", help="h1, h3 or h5; repeat for several (default: all three)")] = None,
     study: Annotated[list[str] | None, typer.Option("--study", help="log into this study's experiment; repeatable (default: every study experiment of the horizon, or baselines_hH)")] = None,
     data: DataSource = None,
+    features: Features = None,
+    label: Label = None,
     root: Root = None,
 ) -> None:
     """Fit the baselines (logreg, logreg_flat, hgb, base_rate) once per horizon and log them beside its studies."""
     from tasks.training.baselines import baseline_table, baseline_targets, run_baselines
 
-    config = build_config(root, data)
+    config = build_config(root, data, features=features, label=label)
     try:
         targets = baseline_targets(config, horizon or [], study or [])
     except ValueError as exc:
@@ -317,6 +386,7 @@ def baselines(
     table = Table(title="baselines: chosen on val AUC, test AUC for reporting only")
     for column in ("horizon", "model", "val_auc", "test_auc", "chosen", "experiments"):
         table.add_column(column)
+    check_data(config, targets)
     for h, names in targets.items():
         for name in names:
             run_baselines(config, name, h)  # fitted once per horizon, logged (or reused) in each
@@ -356,17 +426,20 @@ def campaign(
     tracking_uri: TrackingUri = None,
     root: Root = None,
     data: DataSource = None,
+    features: Features = None,
+    label: Label = None,
     config_file: ConfigFile = None,
 ) -> None:
     """The whole plan, stage by stage (20M_h5; 200M and 2B; 20M re-runs; supplemental; report). Rerun to resume."""
     from flows.campaign import campaign_flow
     from tasks.study.progress import live_progress
 
-    config = build_config(root, data, storage, tracking_uri, config_file, n_trials=trials, slots=slots,
+    config = build_config(root, data, storage, tracking_uri, config_file, features=features, label=label, n_trials=trials, slots=slots,
                           pruner=pruner, arch_space=arch_space)
+    check_data(config.smoke() if smoke else config, HORIZONS)
     _configure_logging()
     console.print(f"campaign{' (smoke)' if smoke else ''}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
-    with live_progress(config.smoke().train.max_epochs if smoke else config.train.max_epochs, console):
+    with live_progress(config.smoke().train.max_epochs if smoke else config.train.max_epochs, console), refused_data():
         result = campaign_flow(
             config=config, smoke=smoke, rerun_20m_h5=rerun_20m_h5, supplemental=supplemental or [],
             report=report, report_dir=report_dir,
@@ -392,12 +465,14 @@ def supplemental_command(
     root: Root = None,
     tracking_uri: TrackingUri = None,
     data: DataSource = None,
+    features: Features = None,
+    label: Label = None,
     config_file: ConfigFile = None,
 ) -> None:
     """Run a supplemental plan with the main study's best hyperparameters; out-of-band entries are refused."""
     from flows.supplemental import supplemental_flow
 
-    config = build_config(root, data, None, tracking_uri, config_file)
+    config = build_config(root, data, None, tracking_uri, config_file, features=features, label=label)
     _configure_logging()
     try:
         results = supplemental_flow(plan=plan, config=config, smoke=smoke)
@@ -427,6 +502,8 @@ def retrain(
     root: Root = None,
     tracking_uri: TrackingUri = None,
     data: DataSource = None,
+    features: Features = None,
+    label: Label = None,
     config_file: ConfigFile = None,
 ) -> None:
     """Re-train recorded configurations (legacy or supplemental trials) and log their val and test
@@ -434,11 +511,12 @@ def retrain(
     from flows.retrain import retrain_flow
     from tasks.study.retrain import RetrainRefused
 
-    base = build_config(root, data, None, tracking_uri, config_file)
+    base = build_config(root, data, None, tracking_uri, config_file, features=features, label=label)
     config = with_train_options(base, device=device, max_epochs=max_epochs)
     _configure_logging()
     try:
-        results = retrain_flow(trials=[f"{study} {t}" for t in trials], config=config, seeds=seeds)
+        with refused_data():
+            results = retrain_flow(trials=[f"{study} {t}" for t in trials], config=config, seeds=seeds)
     except RetrainRefused as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc

@@ -234,11 +234,12 @@ def find_arch_idx(
     return None
 
 
-def explicit_architecture(budget: str, d_model: int, n_layers: int, n_heads: int, d_ff: int) -> Architecture:
+def explicit_architecture(budget: str, d_model: int, n_layers: int, n_heads: int, d_ff: int,
+                          num_features: int = DEFAULT_NUM_FEATURES) -> Architecture:
     """An architecture given by its shape (a supplemental entry, a recorded trial re-trained): its
-    index in the budget's current grid, or -1 when the grid does not list it, and its exact count.
-    No band check: `validate_architecture` is for that."""
-    arch_idx = find_arch_idx(budget, d_model, n_layers, n_heads, d_ff) if budget in BUDGET_BANDS else None
+    index in the budget's current grid for F = `num_features`, or -1 when the grid does not list
+    it, and its exact count. No band check: `validate_architecture` is for that."""
+    arch_idx = find_arch_idx(budget, d_model, n_layers, n_heads, d_ff, num_features) if budget in BUDGET_BANDS else None
     return Architecture(
         arch_idx=-1 if arch_idx is None else arch_idx,
         d_model=d_model,
@@ -246,7 +247,7 @@ def explicit_architecture(budget: str, d_model: int, n_layers: int, n_heads: int
         n_heads=n_heads,
         d_ff=d_ff,
         d_ff_ratio=d_ff // d_model,
-        params=count_parameters(d_model, n_layers, d_ff),
+        params=count_parameters(d_model, n_layers, d_ff, num_features),
     )
 
 

@@ -101,6 +101,17 @@ TAG_OPTUNA_TRIAL_ID = "optuna_trial_id"
 # reads its test scores for that trial when the trial has none of its own)
 TAG_RETRAIN_OF = "retrain_of"
 TAG_SMOKE_OF = "smoke_of"  # on a smoke study's run: the budget it stands in for
+# The study's pinned dataset, on its study run: the fingerprint (tasks.data.dataset.dataset_fingerprint)
+# and the record a refusal compares (file, features, label, window, horizon, split dates) as JSON.
+# A resumed study, a joining worker, a supplemental or retrain run on other data is refused; the
+# report refuses to put budgets on different fingerprints into one verdict.
+TAG_DATASET_FINGERPRINT = "dataset_fingerprint"
+TAG_DATASET = "dataset"
+# Params of every run that reads the data (trials, re-trainings, baselines, the study run): F and
+# the feature columns in order (comma-joined; a long list is cut and ends with its sha256).
+PARAM_NUM_FEATURES = "num_features"
+PARAM_FEATURES = "features"
+PARAM_LABEL = "label"
 # confirm (run_kind=confirm): the trial run whose configuration this run trained again with another
 # seed (tag seed_index 1, 2, ...; the original trial is seed 0), for selection on the seed mean.
 TAG_CONFIRM_OF = "confirm_of"

@@ -152,6 +152,11 @@ def _first_row(mask: pd.Series | np.ndarray, frame: pd.DataFrame) -> str:
     return f"data row {first + 1} (ticker {frame['ticker'].iloc[first]}, Date {when})"
 
 
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds (so a message shows 2, not np.int64(2))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _index_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """Date parsed, a ticker column present (the file's name when it has none)."""
     frame = frame.copy()
@@ -164,7 +169,8 @@ def _index_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     return frame
 
 
-def validate_feature_panel(frame: pd.DataFrame, source: str, features: tuple[str, ...], min_rows: int) -> pd.DataFrame:
+def validate_feature_panel(frame: pd.DataFrame, source: str, features: tuple[str, ...], min_rows: int,
+                           label_column: str | None = None) -> pd.DataFrame:
     """Check a researcher's feature panel and return it sorted by (ticker, Date).
 
     Refuses: a missing Date or feature column, non-numeric, NaN or infinite feature values (with
@@ -188,7 +194,7 @@ def validate_feature_panel(frame: pd.DataFrame, source: str, features: tuple[str
             raise DataError(
                 source,
                 f"feature column {column} has {int(not_numeric.sum())} non-numeric value(s), the first "
-                f"{frame[column][not_numeric].iloc[0]!r} at {_first_row(not_numeric, frame)}",
+                f"{_plain(frame[column][not_numeric].iloc[0])!r} at {_first_row(not_numeric, frame)}",
                 "write plain numbers in feature columns, or drop the column from data.features",
             )
     values = frame[list(features)].to_numpy(dtype="float64")
@@ -211,6 +217,8 @@ def validate_feature_panel(frame: pd.DataFrame, source: str, features: tuple[str
             f"{_first_row(duplicated, frame)}",
             "keep one row per ticker and Date",
         )
+    if label_column is not None:  # before sorting: its data row numbers are the file's
+        frame = validate_label_column(frame, source, label_column)
     frame = frame.sort_values(["ticker", "Date"], kind="stable").reset_index(drop=True)
     _check_history(frame, source, min_rows)
     return frame
@@ -244,7 +252,7 @@ def validate_label_column(frame: pd.DataFrame, source: str, column: str) -> pd.D
         raise DataError(
             source,
             f"label column {column} has {int(bad.sum())} value(s) that are not 0/1, the first "
-            f"{frame[column][bad].iloc[0]!r} at {_first_row(bad, frame)}",
+            f"{_plain(frame[column][bad].iloc[0])!r} at {_first_row(bad, frame)}",
             "write 1 for the event and 0 for its absence (leave a cell empty where the future is unknown)",
         )
     frame[column] = numbers.astype("float64")
@@ -407,8 +415,8 @@ def load_panel(config: DataConfig, horizon: int) -> tuple[pd.DataFrame, str]:
     else:
         keep = ["Date", "ticker", *config.features, *([label_column] if label_column else [])]
         frame = frame[[c for c in frame.columns if c in keep]] if "Date" in frame.columns else frame
-        panel = validate_feature_panel(frame, source, tuple(config.features), minimum_rows(config, horizon))
-    if label_column is not None:
+        panel = validate_feature_panel(frame, source, tuple(config.features), minimum_rows(config, horizon), label_column)
+    if label_column is not None and config.features == "ohlcv":
         panel = validate_label_column(panel, source, label_column)
     return panel, source
 
@@ -445,3 +453,48 @@ def cached_dataset(config: DataConfig, horizon: int, cache_dir: Path) -> tuple[P
     data.save(path)
     return data, path
 
+
+
+class DatasetMismatch(ValueError):
+    """A study, a joining worker, a supplemental or retrain run on other data than its study's."""
+
+
+def dataset_record(config: DataConfig, data: PreparedData) -> dict[str, object]:
+    """What pins a study's dataset: its fingerprint and what a reader compares (file, features,
+    label, window, horizon, split dates)."""
+    return {
+        "fingerprint": dataset_fingerprint(config, data.horizon),
+        "source": config.source if config.source == BUNDLED else str(Path(config.source).expanduser().resolve()),
+        "features": list(data.feature_names or feature_names(config)),
+        "num_features": data.num_features,
+        "label": config.label if config.label != "rule" else f"rule (threshold {config.threshold:g})",
+        "window": data.window,
+        "horizon": data.horizon,
+        "split_dates": {"train_end": data.boundaries["train_end"], "val_end": data.boundaries["val_end"]},
+    }
+
+
+def dataset_differences(recorded: dict, current: dict) -> list[str]:
+    """What differs between two dataset records, in words (empty: only the file's content)."""
+    found = []
+    for key in ("source", "label", "window", "horizon", "split_dates"):
+        if key in recorded and recorded.get(key) != current.get(key):
+            found.append(f"{key} {recorded.get(key)} -> {current.get(key)}")
+    before, after = recorded.get("features"), current.get("features")
+    if isinstance(before, list) and before != after:
+        gone = [c for c in before if c not in after]
+        new = [c for c in after if c not in before]
+        what = [f"F {len(before)} -> {len(after)}"]
+        what += [f"missing {', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''}"] if gone else []
+        what += [f"new {', '.join(new[:5])}{' ...' if len(new) > 5 else ''}"] if new else []
+        found.append("features " + ("; ".join(what) if gone or new else "in another order"))
+    elif before is not None and not isinstance(before, list) and recorded.get("num_features") != current.get("num_features"):
+        found.append(f"features F {recorded.get('num_features')} -> {current.get('num_features')}")
+    return found or ["the file's content (same path, features, label, window and splits)"]
+
+
+def mismatch_message(what: str, recorded: dict, current: dict) -> str:
+    """One line: which study refuses which data, both fingerprints and what differs."""
+    return (f"{what} was made on dataset {recorded.get('fingerprint')}, this run's data is {current['fingerprint']} "
+            f"({'; '.join(dataset_differences(recorded, current))}). Fix: run it with the study's data "
+            "(the same --data, --features, --label, --window), or start a new version with --fresh")

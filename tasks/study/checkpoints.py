@@ -173,8 +173,8 @@ def log_best_model(
     from tasks.training.trainer import build_model
 
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    example = PreparedData.load(dataset_path).windows("val")[:EXAMPLE_WINDOWS].astype("float32")  # (4, window, 25)
-    model = build_model(Architecture(**saved["arch"]), 0.0, train, example.shape[1])
+    example = PreparedData.load(dataset_path).windows("val")[:EXAMPLE_WINDOWS].astype("float32")  # (4, window, F)
+    model = build_model(Architecture(**saved["arch"]), 0.0, train, example.shape[1], example.shape[2])
     model.load_state_dict(saved["state"])
     scored = torch.nn.Sequential(model, torch.nn.Sigmoid()).eval()  # (B, window, F) -> (B,) probabilities
     with torch.no_grad():
@@ -196,7 +196,7 @@ def log_best_model(
         client.set_model_version_tag(study, version, key, str(value))
     client.update_registered_model(study, description=(
         f"The best transformer of study {study}, chosen on val AUC; each version is one finished "
-        "run of the study. Input: (batch, window, 25) standardised daily features; output: the "
-        "probability of the event."
+        f"run of the study. Input: (batch, {example.shape[1]}, {example.shape[2]}) = (batch, window, features) "
+        "standardised daily features; output: the probability of the event."
     ))
     return version

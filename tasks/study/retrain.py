@@ -26,9 +26,10 @@ from models.arch_grid import CURRENT_GRID_VERSION, Architecture, explicit_archit
 from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
-from tasks.data.dataset import cached_dataset
+from tasks.data.dataset import cached_dataset, dataset_record
 from tasks.study.confirm import SEED_STRIDE
 from tasks.study.tracked_run import RunTarget, TestScoring, run_tracked, trial_params
+from tasks.tracking.datasets import pin_dataset
 from tasks.tracking.runs import ensure_study_run, mlflow_client, search_all_runs
 
 log = logging.getLogger("hpo")
@@ -66,8 +67,9 @@ def find_trial_run(client: MlflowClient, study: str, trial: str) -> Run:
     return max(complete, key=lambda r: r.info.start_time or 0)  # a retried trial: its last attempt
 
 
-def recorded_architecture(run: Run) -> tuple[str, Architecture, dict[str, float]]:
-    """(budget, architecture, lr/dropout/wd) as the run's params record them."""
+def recorded_architecture(run: Run, num_features: int) -> tuple[str, Architecture, dict[str, float]]:
+    """(budget, architecture for F = `num_features`, lr/dropout/wd) as the run's params record them;
+    refused when the run records another F (it read other features than this data's)."""
     params = run.data.params
     missing = [k for k in ("budget", "d_model", "n_layers", "n_heads", "d_ff", *T.HPARAMS) if params.get(k) in (None, "", "None")]
     if missing:
@@ -75,9 +77,15 @@ def recorded_architecture(run: Run) -> tuple[str, Architecture, dict[str, float]
             f"run {run.info.run_id} does not record {', '.join(missing)}: its configuration cannot be re-trained "
             "(a legacy trial whose n_heads was unrecoverable stays without test scores)"
         )
+    recorded_f = params.get(T.PARAM_NUM_FEATURES)
+    if recorded_f not in (None, "") and int(recorded_f) != num_features:
+        raise RetrainRefused(
+            f"run {run.info.run_id} was trained on {recorded_f} features per day, this data has {num_features}; "
+            "re-train it on its study's data (the same --data, --features, --label)"
+        )
     budget = params["budget"]
     d_model, n_layers, n_heads, d_ff = (int(float(params[k])) for k in ("d_model", "n_layers", "n_heads", "d_ff"))
-    arch = explicit_architecture(budget, d_model, n_layers, n_heads, d_ff)
+    arch = explicit_architecture(budget, d_model, n_layers, n_heads, d_ff, num_features)
     return budget, arch, {k: float(params[k]) for k in T.HPARAMS}
 
 
@@ -112,11 +120,13 @@ def retrain(config: HpoConfig, study: str, trial: str, seed_index: int = 0) -> R
         raise RetrainRefused(f"{study!r} is not a study name (BUDGET_hH[_vN]): {exc}") from None
     if spec.smoke_of or spec.budget == "smoke":
         config = config.smoke()
-    budget, arch, hparams = recorded_architecture(selected)
+    budget, arch, hparams = recorded_architecture(selected, config.data.num_features)
     seed = config.train.seed + seed_index * SEED_STRIDE
     config = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+    data, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)  # bad input: nothing written
     parent = ensure_study_run(client, experiment_id, study=study, budget=spec.budget, horizon=spec.horizon,
                               version=spec.version or 1, source="retrain", smoke_of=spec.smoke_of)  # fmt: skip
+    pin_dataset(client, parent, study, dataset_record(config.data, data))  # the study's data, or refused
     target = RunTarget(
         experiment_id=experiment_id, parent_run_id=parent, study=study, run_kind="retrain", source="retrain",
         name=f"{T.trial_run_name(study, trial)} retrained" + (f" seed {seed_index}" if seed_index else ""),
@@ -124,7 +134,6 @@ def retrain(config: HpoConfig, study: str, trial: str, seed_index: int = 0) -> R
               T.TAG_TRIAL_NUMBER: trial, T.TAG_SEED_INDEX: seed_index},
         params=trial_params(budget, spec.horizon, CURRENT_GRID_VERSION, arch, hparams, config.train.batch_size, seed),
     )  # fmt: skip
-    _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     request = TrialRequest(trial_number=-1, dataset_path=dataset_path, window=config.data.window, arch=arch,
                            train=config.train, checkpoint_path=config.stores.checkpoint_dir(study) / f"retrain_{trial}.pt",
                            **hparams)  # fmt: skip

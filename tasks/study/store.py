@@ -30,7 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 from models.arch_grid import Architecture, get_architectures_for_budget
 from schemas import tracking as T
 from schemas.config import HpoConfig, PrunerKind, StoreConfig, StudyConfig, StudySpec
-from tasks.data.dataset import cached_dataset
+from tasks.data.dataset import cached_dataset, dataset_record
+from tasks.data.prepared import PreparedData
 from tasks.study import space
 from tasks.study.space import ArchSpaceKind
 from tasks.tracking.runs import (
@@ -42,6 +43,7 @@ from tasks.tracking.runs import (
     set_tag,
     sqlite_first_use,
 )
+from tasks.tracking.datasets import features_param, pin_dataset
 
 log = logging.getLogger("hpo")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -179,7 +181,9 @@ def make_pruner(kind: PrunerKind, study: StudyConfig, max_epochs: int) -> optuna
 
 
 def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
-    """Create or resume a study; the creating worker enqueues the extremes and the study run."""
+    """Create or resume a study; the creating worker enqueues the extremes and the study run.
+    The data is prepared (and validated) first: bad input writes nothing to either store."""
+    prepared = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     client = mlflow_client(config.stores)
     storage = optuna_storage(config.stores, config, client)
     name, version = resolve_study_name(spec, storage)
@@ -198,19 +202,22 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
                  space.ATTR_ARCH_SPACE: config.study.arch_space, ATTR_PRUNER: config.study.pruner}
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-        grid = get_architectures_for_budget(spec.budget, grid_version=grid_version)
+        grid = get_architectures_for_budget(spec.budget, config.data.num_features, grid_version)
         parent_run_id = ensure_study_run(
             client, experiment_id, study=name, budget=spec.budget, horizon=spec.horizon, version=version,
             source="hpo", smoke_of=spec.smoke_of,
         )
-        log_batch(client, parent_run_id, params={"grid_version": grid_version, "grid_size": len(grid)})
+        pin_dataset(client, parent_run_id, name, dataset_record(config.data, prepared[0]))
+        log_batch(client, parent_run_id, params={"grid_version": grid_version, "grid_size": len(grid),
+                                                 T.PARAM_NUM_FEATURES: config.data.num_features,
+                                                 T.PARAM_FEATURES: features_param(prepared[0].feature_names)})
         study.set_user_attr("mlflow_parent_run_id", parent_run_id)
         space.enqueue_extremes(study, config.study.arch_space, grid, config.search)
         study.set_user_attr("extremes_enqueued", True)
     else:
         _wait_for_creator(study)
 
-    handle = _handle(study, storage, client, experiment_id, config)
+    handle = _handle(study, storage, client, experiment_id, config, prepared)
     _warn_if_kept(handle, config)
     if handle.counts()["done"] < config.study.n_trials:  # work to do: the study run is running again
         client.update_run(handle.parent_run_id, status="RUNNING")
@@ -220,16 +227,20 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
 
 
 def _handle(study: optuna.Study, storage: RDBStorage, client: MlflowClient, experiment_id: str,
-            config: HpoConfig) -> StudyHandle:
+            config: HpoConfig, prepared: tuple[PreparedData, Path] | None = None) -> StudyHandle:
+    """The handle, once the study's pinned dataset is this config's (else DatasetMismatch): its grid
+    counts the data's F features per day."""
     attrs = study.user_attrs
+    data, dataset_path = prepared or cached_dataset(config.data, int(attrs["horizon"]), config.stores.cache_dir)
+    # a study made before datasets were pinned records this one now; any other is refused
+    pin_dataset(client, attrs["mlflow_parent_run_id"], study.study_name, dataset_record(config.data, data))
     grid_version = int(attrs["grid_version"])
     spec = StudySpec.parse(study.study_name)
-    grid = get_architectures_for_budget(attrs["budget"], grid_version=grid_version)
+    grid = get_architectures_for_budget(attrs["budget"], data.num_features, grid_version)
     arch_space = space.study_arch_space(attrs)
     pruner = attrs.get(ATTR_PRUNER, "none")
     study.sampler = space.make_sampler(arch_space, grid, sampler_seed(study.study_name, config))
     study.pruner = make_pruner(pruner, config.study, config.train.max_epochs)
-    _, dataset_path = cached_dataset(config.data, int(attrs["horizon"]), config.stores.cache_dir)
     return StudyHandle(
         name=study.study_name,
         version=int(attrs.get("version", spec.version or 1)),

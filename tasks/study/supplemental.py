@@ -23,8 +23,9 @@ from models.arch_grid import (
 from schemas import tracking as T
 from schemas.config import HpoConfig, StudySpec
 from schemas.trial import TrialRequest
-from tasks.data.dataset import cached_dataset
+from tasks.data.dataset import cached_dataset, dataset_record
 from tasks.study.tracked_run import RunTarget, run_tracked, trial_params
+from tasks.tracking.datasets import pin_dataset
 from tasks.tracking.runs import ensure_study_run, get_or_create_experiment, mlflow_client, search_all_runs, study_experiments
 
 log = logging.getLogger("hpo")
@@ -170,7 +171,8 @@ def _existing(client: MlflowClient, experiment_id: str, entry_id: str) -> bool:
 
 def _run_entry(client, config, spec, study, entry, hparams, best_run) -> SupplementalResult:
     try:
-        params = validate_architecture(spec.budget, entry.d_model, entry.n_layers, entry.n_heads, entry.d_ff)
+        params = validate_architecture(spec.budget, entry.d_model, entry.n_layers, entry.n_heads, entry.d_ff,
+                                       config.data.num_features)
     except ArchitectureOutOfBudget as refusal:
         log.warning("Supplemental %s %s refused: %s", study, entry.id, refusal)
         return SupplementalResult(study, entry.id, "refused", str(refusal))
@@ -178,11 +180,14 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
     if _existing(client, experiment_id, entry.id):
         return SupplementalResult(study, entry.id, "skipped", "already complete")
 
-    arch = explicit_architecture(spec.budget, entry.d_model, entry.n_layers, entry.n_heads, entry.d_ff)
+    arch = explicit_architecture(spec.budget, entry.d_model, entry.n_layers, entry.n_heads, entry.d_ff,
+                                 config.data.num_features)
+    data, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)  # bad input: nothing written
     parent = ensure_study_run(
         client, experiment_id, study=study, budget=spec.budget, horizon=spec.horizon,
         version=StudySpec.parse(study).version or 1, source="supplemental", smoke_of=spec.smoke_of,
     )
+    pin_dataset(client, parent, study, dataset_record(config.data, data))  # the main study's data, or refused
     target = RunTarget(
         experiment_id=experiment_id, parent_run_id=parent, study=study, run_kind="trial", source="supplemental",
         name=T.trial_run_name(study, entry.id),
@@ -202,7 +207,6 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
         study, entry.id, arch.d_model, arch.n_layers, arch.n_heads, arch.d_ff, f"{params:,}",
         hparams["learning_rate"], hparams["dropout"], hparams["weight_decay"],
     )
-    _, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     request = TrialRequest(
         trial_number=-1, dataset_path=dataset_path, window=config.data.window, arch=arch, train=config.train,
         checkpoint_path=config.stores.checkpoint_dir(study) / f"supplemental_{entry.id}.pt", **hparams,

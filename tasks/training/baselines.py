@@ -124,7 +124,7 @@ def feature_rows(data: PreparedData, split: str, view: str) -> np.ndarray:
 
 
 def design_matrix(data: PreparedData, split: str, view: str) -> np.ndarray:
-    """(n, k * NUM_FEATURES) inputs of a split: the rows above, flattened day by day."""
+    """(n, k * F) inputs of a split: the rows above, flattened day by day."""
     rows = feature_rows(data, split, view)
     return data.features[rows].reshape(len(rows), -1)
 

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.arch_grid import Architecture
+from models.arch_grid import DEFAULT_NUM_FEATURES, Architecture
 from models.transformer import ModelConfig, TransformerClassifier
 from schemas.config import TrainConfig
-from tasks.data.features import NUM_FEATURES
 from tasks.data.prepared import PreparedData
 from tasks.training.batch_size import BatchSearch, find_largest_batch, is_oom, release_device
 
@@ -109,10 +108,12 @@ class DeviceData:
         return self.features[anchors[:, None] + self.offsets]  # (B, window, F)
 
 
-def build_model(arch: Architecture, dropout: float, config: TrainConfig, window: int) -> TransformerClassifier:
+def build_model(arch: Architecture, dropout: float, config: TrainConfig, window: int,
+                num_features: int = DEFAULT_NUM_FEATURES) -> TransformerClassifier:
+    """The model of `arch` for windows of `window` days of `num_features` features (the data's F)."""
     return TransformerClassifier(
         ModelConfig(
-            num_features=NUM_FEATURES,
+            num_features=num_features,
             d_model=arch.d_model,
             n_layers=arch.n_layers,
             n_heads=arch.n_heads,
@@ -125,7 +126,8 @@ def build_model(arch: Architecture, dropout: float, config: TrainConfig, window:
 
 
 def build_training(
-    arch: Architecture, hparams: Hyperparams, config: TrainConfig, window: int, device: torch.device
+    arch: Architecture, hparams: Hyperparams, config: TrainConfig, window: int, device: torch.device,
+    num_features: int = DEFAULT_NUM_FEATURES,
 ) -> tuple[TransformerClassifier, torch.nn.Module, torch.optim.AdamW]:
     """The model on the device, the module a step calls (compiled when asked, on CUDA) and its AdamW.
 
@@ -135,7 +137,7 @@ def build_training(
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = build_model(arch, hparams.dropout, config, window).to(device)
+    model = build_model(arch, hparams.dropout, config, window, num_features).to(device)
     step_model = torch.compile(model) if config.compile and device.type == "cuda" else model
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -250,7 +252,7 @@ def probe_largest_batch(
     """
     probe_config = config.model_copy(update={"compile": False})
     probe_hparams = Hyperparams(learning_rate=0.0, dropout=hparams.dropout, weight_decay=hparams.weight_decay)
-    model, step_model, optimizer = build_training(arch, probe_hparams, probe_config, window, device)
+    model, step_model, optimizer = build_training(arch, probe_hparams, probe_config, window, device, data.features.shape[1])
     anchors, labels = data.anchors["train"], data.labels["train"]
 
     def try_batch(batch_size: int) -> bool:
@@ -340,7 +342,7 @@ def _train(data, arch, hparams, config, window, device, on_epoch, on_step=None):
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model, step_model, optimizer = build_training(arch, hparams, config, window, device)
+    model, step_model, optimizer = build_training(arch, hparams, config, window, device, dev.features.shape[1])
     _synchronize(device)
     setup_seconds = time.perf_counter() - setup_started
     train_anchors, train_labels = dev.anchors["train"], dev.labels["train"]
@@ -444,7 +446,7 @@ def predict_state(
 ) -> np.ndarray:
     """Probabilities of saved weights on a split, in the split's window order."""
     device = resolve_device(config.device)
-    model = build_model(arch, 0.0, config, data.window)
+    model = build_model(arch, 0.0, config, data.window, data.num_features)
     model.load_state_dict(copy.deepcopy(state))
     model.to(device)
     dev = DeviceData.from_prepared(data, device)
