@@ -48,9 +48,9 @@ class RetrainResult:
     run_id: str | None = None
     val_auc: float | None = None
     test_auc: float | None = None
-
-
     seed_index: int = 0
+
+
 def find_trial_run(client: MlflowClient, study: str, trial: str) -> Run:
     """The finished, complete trial run `study #trial` (an Optuna or legacy trial number, or a
     supplemental id such as S2)."""
