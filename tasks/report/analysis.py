@@ -49,7 +49,7 @@ def analyse_campaign(runs: pd.DataFrame, search: SearchSpace = SearchSpace(), re
     (run id -> test scores, see `with_predictions`) feed the test verdicts; without them every
     verdict is "undetermined"."""
     frame = normalise_runs(runs)
-    frame = frame[frame["run_kind"].isin(["study", "trial", "baseline", "retrain"])]
+    frame = frame[frame["run_kind"].isin(["study", "trial", "baseline", "retrain", "confirm"])]
     with_trials = set(trials_of(frame)["budget_group"].dropna())
     present = set(frame["budget_group"].dropna())
     real = list(REAL_BUDGETS)  # the smoke budget and the smoke ladder are listed only when they have runs

@@ -1,6 +1,8 @@
-"""Across budgets, per horizon: each budget's best trial on validation, its interval, how it
-compares with the best baseline and with the other budgets, and whether the best parameters agree.
-The headline verdict on the test split is `tasks.report.verdicts`'; this module selects what it tests.
+"""Across budgets, per horizon: each budget's selected trial on validation (its study's pick on the
+seed mean where the study confirmed its top configurations with more seeds, else the best trial),
+its seeds, its interval, how it compares with the best baseline and with the other budgets, and
+whether the best parameters agree. The headline verdict on the test split is
+`tasks.report.verdicts`'; this module selects what it tests.
 
 - Confidence interval of an AUC (`auc_interval`): AUC +- 1.96 SE. SE is Hanley and McNeil's (1982)
   from the evaluation set's class counts `val_n_pos` / `val_n_neg` when a run logged them (or
@@ -26,7 +28,7 @@ from typing import Literal
 
 import pandas as pd
 
-from schemas.tracking import HPARAMS, predictions_tag
+from schemas.tracking import HPARAMS, TAG_BEST_RUN_ID, TAG_BEST_TRIAL, TAG_CONFIRM_OF, TAG_SEED_INDEX, TAG_SELECTED_BY, predictions_tag
 from tasks.report.stats import DifferenceInterval
 from tasks.report.study import CollapseSummary, best_trial, collapse_summary, value_table
 from tasks.report.table import baselines_of, trials_of
@@ -122,6 +124,7 @@ class BudgetBest:
     baseline: pd.Series | None  # the best baseline at this horizon
     baseline_interval: Interval | None
     vs_baseline: Comparison | None
+    seeds: tuple[pd.Series, ...] = ()  # the runs whose test scores are seeds of `best` (`seed_runs`)
 
     @property
     def has_runs(self) -> bool:
@@ -138,7 +141,7 @@ def budget_bests(frame: pd.DataFrame, horizon: int, budgets: list[str]) -> list[
     rows = []
     for budget in budgets:
         trials = trials_of(at[at["budget_group"] == budget])
-        best = with_retrained_scores(best_trial(trials), at)
+        best, seeds = with_seed_runs(selected_trial(trials, at), at)
         interval = None if best is None else auc_interval(best, trials, counts)
         base_interval = comparison = None
         if top_base is not None:
@@ -148,29 +151,70 @@ def budget_bests(frame: pd.DataFrame, horizon: int, budgets: list[str]) -> list[
                     base_interval = Interval(base_interval.auc, interval.se, f"{interval.method} (borrowed)")
                 comparison = compare_aucs(interval, base_interval)
         rows.append(BudgetBest(budget, horizon, int(trials["complete"].sum()), len(trials), best, interval,
-                               top_base, base_interval, comparison))  # fmt: skip
+                               top_base, base_interval, comparison, seeds))  # fmt: skip
     return rows
 
 
-def with_retrained_scores(best: pd.Series | None, frame: pd.DataFrame) -> pd.Series | None:
-    """The selected trial, pointing at a re-training's test scores (`hpo retrain`) when it has none
-    of its own: `scores_run_id` is the run whose `predictions/test.npz` the verdict reads (the trial
-    itself by default), `scores_note` says where they came from. Selection stays on the trial's own
-    val AUC."""
+def selected_trial(trials: pd.DataFrame, at: pd.DataFrame) -> pd.Series | None:
+    """A budget's selected configuration at a horizon. Where a study of the budget selected on the
+    seed mean (its study run tagged `selected_by=seed_mean`), its `best_trial`; of several such
+    studies, the one with the highest `seed_mean_val_auc`. A single-run best elsewhere in the budget
+    (an older version, legacy trials) does not outrank it: a best-of-N single val AUC carries the
+    luck of its seed, a seed mean much less. Otherwise the complete trial with the highest val AUC
+    over all the budget's studies (`study.best_trial`)."""
+    studies = at[(at["run_kind"] == "study") & (at[TAG_SELECTED_BY] == "seed_mean")]
+    picks = []
+    for _, study in studies.iterrows():
+        done = trials[trials["complete"] & (trials["study"] == study["study"])]
+        by_id = done[done["run_id"] == study[TAG_BEST_RUN_ID]]
+        found = by_id if len(by_id) else done[done["trial_number"] == study[TAG_BEST_TRIAL]]
+        if len(found):
+            mean = study["seed_mean_val_auc"]
+            picks.append((-mean if not math.isnan(mean) else math.inf, found.iloc[0]["run_id"], found.iloc[0], mean))
+    if not picks:
+        return best_trial(trials)
+    _, _, best, mean = min(picks, key=lambda p: p[:2])
+    best = best.copy()
+    best[TAG_SELECTED_BY], best["seed_mean_val_auc"] = "seed_mean", mean
+    return best
+
+
+def _one_per_seed(runs: pd.DataFrame) -> list[pd.Series]:
+    """One run per `seed_index` (whatever a race left: the lowest run id), by seed index."""
+    runs = runs.assign(_seed=runs[TAG_SEED_INDEX].fillna(0)).sort_values(["_seed", "run_id"])
+    return [r.drop("_seed") for _, r in runs.drop_duplicates("_seed").iterrows()]
+
+
+def seed_runs(best: pd.Series, frame: pd.DataFrame) -> list[pd.Series]:
+    """The runs whose test scores are seeds of the selected configuration, on the windows it was
+    scored on: the trial itself when it logged test scores (seed 0, the seed the study picked), its
+    confirmation seeds (`run_kind=confirm`, `confirm_of`) and its re-trainings (`hpo retrain
+    [--seeds N]`, `run_kind=retrain`, `retrain_of`), FINISHED with test scores tagged, one run per
+    seed index."""
+    tag = predictions_tag("test")
+    scored = frame[(frame["status"] == "FINISHED") & frame[tag].notna() & (frame["state"] != "failed")]
+    own = [best] if isinstance(best.get(tag), str) and best[tag] else []
+    confirms = scored[(scored["run_kind"] == "confirm") & (scored[TAG_CONFIRM_OF] == best["run_id"])]
+    retrains = scored[(scored["run_kind"] == "retrain") & (scored["retrain_of"] == best["run_id"])]
+    return own + _one_per_seed(confirms) + _one_per_seed(retrains)
+
+
+def with_seed_runs(best: pd.Series | None, frame: pd.DataFrame) -> tuple[pd.Series | None, tuple[pd.Series, ...]]:
+    """The selected trial and its seeds (`seed_runs`). `scores_run_id` on the trial is the run whose
+    `predictions/test.npz` stands for it as one run: its own, or (legacy and supplemental trials,
+    which have none) its first re-training's, and `scores_note` says so. Selection stays on the
+    trial's own val AUC (or its study's seed mean)."""
     if best is None:
-        return None
+        return None, ()
     best = best.copy()
     best["scores_run_id"], best["scores_note"] = best["run_id"], ""
+    seeds = seed_runs(best, frame)
     tag = predictions_tag("test")
-    if isinstance(best.get(tag), str) and best[tag]:
-        return best
-    retrained = frame[(frame["run_kind"] == "retrain") & (frame["retrain_of"] == best["run_id"])
-                      & (frame["status"] == "FINISHED") & frame[tag].notna()]  # fmt: skip
-    if len(retrained):
-        found = retrained.sort_values("run_id").iloc[0]
+    if seeds and seeds[0]["run_id"] != best["run_id"]:
+        found = seeds[0]
         best["scores_run_id"], best[tag] = found["run_id"], found[tag]
         best["scores_note"] = f"re-trained (run {found['run_id'][:8]}, val AUC {found['val_auc']:.4f})"
-    return best
+    return best, tuple(seeds)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ study identity filled in, plus the orders the report lists studies and budgets i
   finite `val_auc`. Every statistic of the report is over complete trials; failed, pruned
   (`state=pruned`: stopped early by the study's pruner) and incomplete trials are counted, never
   averaged, so a pruned trial is never in a best-per-budget table. Baselines
-  (`run_kind=baseline`) are never trials.
+  (`run_kind=baseline`) are never trials, nor are the seeds a configuration was trained again with
+  (`run_kind=confirm`, `run_kind=retrain`): those are read as seeds of their trial (`budgets.seed_runs`).
 """
 
 from __future__ import annotations
@@ -18,19 +19,29 @@ import pandas as pd
 from models.arch_grid import BUDGETS
 from schemas.config import StudySpec
 from schemas.names import horizon_or_none
-from schemas.tracking import PREDICTION_SPLITS, TRIAL_PARAMS, predictions_tag
+from schemas.tracking import (
+    PREDICTION_SPLITS,
+    SEED_METRICS,
+    TAG_BEST_RUN_ID,
+    TAG_BEST_TRIAL,
+    TAG_CONFIRM_OF,
+    TAG_SEED_INDEX,
+    TAG_SELECTED_BY,
+    TRIAL_PARAMS,
+    predictions_tag,
+)
 
 _NUMERIC = tuple(p for p in TRIAL_PARAMS if p not in ("budget", "horizon")) + (
     "val_auc", "test_auc", "val_loss", "best_epoch", "pred_min", "pred_max", "pred_range", "recall",
     "epochs", "train_seconds", "samples_per_s", "peak_memory_mb",
     "best_val_auc", "best_test_auc", "n_complete", "n_failed", "n_pruned",
     "val_n_pos", "val_n_neg", "test_n_pos", "test_n_neg",
-    "trial_number", "retry_of",
+    "trial_number", "retry_of", TAG_SEED_INDEX, TAG_BEST_TRIAL, *SEED_METRICS,
 )  # fmt: skip
 _TEXT = (
     "run_id", "experiment", "run_name", "status", "run_kind", "source", "study", "budget",
     "extreme_type", "state", "failure_reason", "failure_kind", "n_heads_source", "baseline_model", "supplemental_id",
-    "retrain_of", *(predictions_tag(split) for split in PREDICTION_SPLITS),
+    "retrain_of", TAG_CONFIRM_OF, TAG_BEST_RUN_ID, TAG_SELECTED_BY, *(predictions_tag(split) for split in PREDICTION_SPLITS),
 )  # fmt: skip
 
 
