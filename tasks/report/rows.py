@@ -22,7 +22,7 @@ from tasks.report.checklist import Check
 from tasks.report.stats import PairedAUC
 from tasks.report.study import COLLAPSE_PRED_RANGE, MIN_TREND_TRIALS, TREND_ALPHA, Coverage, Gaps, StudyAnalysis, Trend
 from tasks.report.table import fmt_value
-from tasks.report.verdicts import ALPHA, BOOTSTRAP_RESAMPLES, Paired
+from tasks.report.verdicts import ALPHA, BOOTSTRAP_RESAMPLES, Paired, Selected
 
 CONFIG_COLUMNS = ("d_model", "n_layers", "n_heads", "d_ff_ratio", "learning_rate", "dropout", "weight_decay")
 _PAIR_WORDS = {"higher": "larger is better", "lower": "smaller is better"}
@@ -110,24 +110,47 @@ def checklist_rows(checks: list[Check]) -> list[list[object]]:
 # ----------------------------------------------------------------------------- a horizon on test
 
 
+def _seed_cells(s: Selected) -> list[object]:
+    """Seeds, sd of their test AUCs, their range, the test AUC of the seed the study picked."""
+    if s.predictions is None:
+        return ["n/a", "n/a", "n/a", "n/a"]
+    if s.deterministic:
+        return ["deterministic", "0", "n/a", "n/a"]
+    aucs = s.seed_aucs
+    sd = "not measured" if math.isnan(s.seed_sd) else f"{s.seed_sd:.4f}"
+    spread = f"[{aucs.min():.4f}, {aucs.max():.4f}]" if len(aucs) > 1 else "n/a"
+    if math.isnan(s.picked_test_auc):
+        picked = "n/a (no test scores of its own: seeds are re-trainings)"
+    else:
+        rank = int((aucs > s.picked_test_auc).sum()) + 1
+        picked = f"{s.picked_test_auc:.4f} (seed 0, rank {rank} of {len(aucs)})" if len(aucs) > 1 else f"{s.picked_test_auc:.4f} (seed 0)"
+    return [len(aucs), sd, spread, picked]
+
 def test_selected_rows(h: HorizonAnalysis) -> list[list[object]]:
-    """Per budget: the configuration selected on val, its (biased) val AUC and its test AUC."""
+    """Per budget: the configuration selected on val, its (biased) val AUC, its seed-mean test AUC
+    and its seeds (how many, sd, range, the study's pick)."""
     rows = []
     for s in h.test.selected + ([h.test.baseline] if h.test.baseline else []):
         scores = "missing" if s.predictions is None else f"{len(s.predictions.scores)} windows ({s.predictions.windows_sha256[:8]})"
         if s.predictions is not None and s.run.get("scores_note"):
             scores += f"; {s.run['scores_note']}"
+        if s.seed_notes:
+            scores += "; " + "; ".join(s.seed_notes)
+        val = _auc(s.run["val_auc"])
+        if s.run.get("selected_by") == "seed_mean" and not _missing(s.run.get("seed_mean_val_auc")):
+            val += f" (seed mean {s.run['seed_mean_val_auc']:.4f})"
         rows.append([s.budget if s.run["run_kind"] != "baseline" else f"baseline: {s.budget}",
                      _trial_ref(s.run) if s.run["run_kind"] == "trial" else s.run["study"], _params(s.params),
-                     _auc(s.run["val_auc"]), _auc(s.test_auc), scores])  # fmt: skip
+                     val, _auc(s.test_auc), scores, *_seed_cells(s)])  # fmt: skip
     return rows
 
 def _paired_row(first: str, second: str, p: Paired, words: dict[str, str]) -> list[object]:
-    """One paired comparison's row: the two names, Δ, CI, p, Holm p and the verdict in words."""
+    """One paired comparison's row: the two names, Δ, CI, p, Holm p, the verdict in words and what
+    its interval says about seed noise."""
     if p.test is None:
-        return [first, second, "n/a", "n/a", "n/a", "n/a", f"undetermined: {p.note}"]
+        return [first, second, "n/a", "n/a", "n/a", "n/a", f"undetermined: {p.note}", "n/a"]
     return [first, second, f"{p.test.diff:+.4f}", _signed_ci(p.test), _p(p.test.p_value), _p(p.p_holm),
-            words.get(p.verdict, p.verdict)]  # fmt: skip
+            words.get(p.verdict, p.verdict), p.seed_note]  # fmt: skip
 
 def test_pair_rows(h: HorizonAnalysis) -> list[list[object]]:
     """Smaller budget, larger budget, then the comparison of larger - smaller."""
@@ -138,15 +161,27 @@ def test_baseline_rows(h: HorizonAnalysis) -> list[list[object]]:
     words = {"higher": "beats the baseline", "lower": "below the baseline"}
     return [_paired_row(p.a, p.b, p, words) for p in h.test.vs_baseline]
 
+def seed_lines(h: HorizonAnalysis) -> list[str]:
+    """Under the verdict: "seed noise dominates" for each pair whose seed sd exceeds its gap, or
+    one line saying seed noise was not measured at all."""
+    pairs = [p for p in h.test.pairs + h.test.vs_baseline if p.test is not None]
+    if pairs and not any(p.test.seed_measured for p in pairs):
+        return [f"Seed noise not measured at h{h.horizon}: every selected configuration has one seed (`confirm_seeds=0`, "
+                "a store from before seed confirmation, or a legacy trial without `hpo retrain STUDY TRIAL --seeds N`), "
+                "so the intervals carry the test windows' noise only."]  # fmt: skip
+    return [f"Seed noise dominates {p.b} vs {p.a}: a seed sd of {p.test.seed_sd:.4f} exceeds their gap of "
+            f"{abs(p.test.diff):.4f} in seed-mean test AUC." for p in pairs if "dominates" in p.seed_note]  # fmt: skip
+
 def fit_sentence(h: HorizonAnalysis) -> str:
     fit = h.test.fit
     if fit is None:
         return f"Scaling curve: not fitted ({h.test.fit_note})."
     n = len(h.test.selected[0].predictions.scores) if h.test.selected and h.test.selected[0].predictions else 0
-    return (f"Scaling curve ({h.test.fit_note}): test AUC = {fit.intercept:.4f} {'+' if fit.slope >= 0 else '-'} "
-            f"{abs(fit.slope):.4f} x log10(parameters); **slope {fit.slope:+.4f} per tenfold parameters, 95% band "
-            f"[{fit.slope_low:+.4f}, {fit.slope_high:+.4f}]** (paired bootstrap, {fit.resamples} resamples of the "
-            f"{n} test windows).")  # fmt: skip
+    seeded = any(len(s.seeds) > 1 for s in h.test.selected)
+    return (f"Scaling curve ({h.test.fit_note}): {'seed-mean ' if seeded else ''}test AUC = {fit.intercept:.4f} "
+            f"{'+' if fit.slope >= 0 else '-'} {abs(fit.slope):.4f} x log10(parameters); **slope {fit.slope:+.4f} per "
+            f"tenfold parameters, 95% band [{fit.slope_low:+.4f}, {fit.slope_high:+.4f}]** (paired bootstrap, "
+            f"{fit.resamples} resamples of the {n} test windows{', plus the seed noise of each budget with seeds' if seeded else ''}).")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- a horizon on validation
@@ -306,7 +341,10 @@ def best_per_budget_rows(analysis: CampaignAnalysis) -> list[dict[str, object]]:
                 row["best_baseline"] = f"{b.baseline['baseline_model']} {b.baseline['val_auc']:.4f}"
                 row["vs_baseline"] = b.vs_baseline.verdict if b.vs_baseline else None
             selected = next((s for s in h.test.selected if s.budget == b.budget), None)
-            row["test_auc"] = None if selected is None else round(selected.test_auc, 4) if selected.predictions else None
+            scored = selected is not None and selected.predictions is not None
+            row["test_auc"] = round(selected.test_auc, 4) if scored else None  # the seed mean
+            row["seeds"] = len(selected.seeds) if scored else None
+            row["seed_sd_test_auc"] = round(selected.seed_sd, 4) if scored and not math.isnan(selected.seed_sd) else None
             row["scaling_on_test"] = h.test.verdict
             rows.append({k: _plain(v) for k, v in row.items()})
     return rows
@@ -323,7 +361,7 @@ GLOBALS = dict(
     figure_link=figure_link, trial_ref=_trial_ref, isnan=_missing, checklist_rows=checklist_rows,
     baseline_rows=baseline_rows, hparam_cells=hparam_cells, gap_cell_rows=gap_cell_rows,
     study_baseline_rows=study_baseline_rows, coverage_headers=coverage_headers, test_selected_rows=test_selected_rows,
-    test_pair_rows=test_pair_rows, test_baseline_rows=test_baseline_rows, fit_sentence=fit_sentence, ALPHA=ALPHA,
+    test_pair_rows=test_pair_rows, test_baseline_rows=test_baseline_rows, seed_lines=seed_lines, fit_sentence=fit_sentence, ALPHA=ALPHA,
     BOOTSTRAP_RESAMPLES=BOOTSTRAP_RESAMPLES,
     COLLAPSE_PRED_RANGE=COLLAPSE_PRED_RANGE, TREND_ALPHA=TREND_ALPHA, MIN_TREND_TRIALS=MIN_TREND_TRIALS, TOP_K=TOP_K,
 )  # fmt: skip
