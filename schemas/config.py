@@ -7,6 +7,7 @@ frozen, so a config cannot change under a running study.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -176,8 +177,9 @@ class StoreConfig(_Config):
         return self.root.resolve() / "cache"
 
     def checkpoint_dir(self, study: str) -> Path:
-        """Where this worker keeps a study's weights while they are needed (tasks.study.checkpoints)."""
-        return self.root.resolve() / "checkpoints" / study
+        """Where this worker keeps a study's weights while they are needed (tasks.study.checkpoints):
+        a folder per worker process, so workers sharing a disk never delete each other's files."""
+        return self.root.resolve() / "checkpoints" / study / f"{socket.gethostname()}-{os.getpid()}"
 
 
 class StudyConfig(_Config):

@@ -10,7 +10,9 @@ error gives the claim back (`release`), so the work goes back to the queue at on
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from collections.abc import Iterator
@@ -18,6 +20,8 @@ from collections.abc import Iterator
 from optuna.storages import RDBStorage
 from sqlalchemy import Boolean, Column, Float, MetaData, String, Table, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
+
+log = logging.getLogger("hpo")
 
 _METADATA = MetaData()
 CLAIMS = Table(
@@ -33,7 +37,6 @@ CLAIMS = Table(
 
 def worker_id() -> str:
     import os
-    import threading
 
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
@@ -91,13 +94,40 @@ class Claims:
 
     @contextmanager
     def held(self, key: str) -> Iterator[None]:
-        """Work under a claim already taken: done when the block ends, given back if it raises."""
+        """Work under a claim already taken: renewed from a thread of its own while the block runs
+        (a long test evaluation must not look like a dead worker), done when the block ends, given
+        back if it raises (Ctrl-C included)."""
+        stop = threading.Event()
+
+        def keep_renewing() -> None:
+            while not stop.wait(self.stale_after_s / 4):
+                try:
+                    self.renew(key)
+                except Exception as exc:  # noqa: BLE001 - a store blink; the next renewal tries again
+                    log.warning("claim %s of %s not renewed: %s", key, self.study, exc)
+
+        renewer = threading.Thread(target=keep_renewing, name=f"claim-{key}", daemon=True)
+        renewer.start()
         try:
             yield
         except BaseException:
+            stop.set()
             self.release(key)
             raise
+        finally:
+            stop.set()
+            renewer.join()
         self.finish(key)
+
+    def claim_or_wait(self, key: str, poll_s: float = 2.0) -> bool:
+        """True once this worker holds `key`; False when another worker has done it meanwhile (the
+        loser waits, and takes over if the holder dies)."""
+        while True:
+            if self.claim(key):
+                return True
+            if self.done([key]):
+                return False
+            time.sleep(poll_s)
 
     def _row(self, key: str):
         return and_(CLAIMS.c.study == self.study, CLAIMS.c.key == key)

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 from schemas import tracking as T
 from schemas.trial import TrialRequest
 from tasks.study import checkpoints, space
+from tasks.study.claims import Claims
 from tasks.study.confirm import ConfirmedConfiguration, confirm_study, select_on_seed_mean
 from tasks.study.store import ATTR_MLFLOW_RUN, StudyHandle
 from tasks.study.tracked_run import evaluate_in_process
@@ -24,6 +25,7 @@ from tasks.tracking.predictions import log_scores_file, scores_path
 from tasks.tracking.runs import end_run, worker_name
 
 log = logging.getLogger("hpo")
+FINISH_CLAIM = "finish"  # once per study: the test evaluation, the registered model, the closed study run
 
 
 class EvaluationFailed(RuntimeError):
@@ -47,6 +49,18 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
     best, confirmed = _select(handle)
     summary.update(state="complete", best_trial=best.number, best_val_auc=best.value,
                    selected_by="seed_mean" if confirmed else "single_run")
+    claims = Claims(handle.storage, handle.name, stale_after_s=handle.config.study.heartbeat_grace_s)
+    if not claims.claim_or_wait(FINISH_CLAIM):  # another worker finished it: evaluation and registration happen once
+        checkpoints.remove_local(handle.checkpoint_dir)
+        return {**study_summary(handle), "selected_by": summary["selected_by"]}
+    with claims.held(FINISH_CLAIM):
+        return _evaluate_and_close(handle, best, confirmed, summary, counts)
+
+
+def _evaluate_and_close(handle: StudyHandle, best: FrozenTrial, confirmed: ConfirmedConfiguration | None,
+                        summary: dict[str, object], counts: dict[str, int]) -> dict[str, object]:
+    """The claimed part of finishing: the selected trial on test, its model registered, the study run closed."""
+    client, parent = handle.client, handle.parent_run_id
     recorded = client.get_run(parent).data
     if (recorded.tags.get(T.TAG_STUDY_STATE) == "complete" and recorded.tags.get(T.TAG_BEST_TRIAL) == str(best.number)
             and _has_test_scores(client, best)):  # fmt: skip

@@ -35,6 +35,8 @@ from schemas.config import DataConfig, HpoConfig, StudySpec
 from schemas.names import HORIZONS, STUDY_NAME, parse_horizon
 from schemas.tracking import TAG_BASELINE_KEY, TAG_BASELINE_MODEL, TAG_HORIZON, TAG_RUN_KIND
 from tasks.data.dataset import SPLITS, PreparedData, cached_dataset, dataset_fingerprint
+from tasks.study.claims import Claims
+from tasks.study.store import optuna_storage
 from tasks.tracking.datasets import dataset_entity, log_dataset_input
 from tasks.tracking.predictions import encode, log_encoded, split_digest
 from tasks.tracking.runs import (
@@ -313,19 +315,29 @@ def run_baselines(
     done = finished_baselines(client, experiment_id, key)
     missing = [model for model in models if model not in done]
     if missing:
-        data, _ = cached_dataset(config.data, horizon, config.stores.cache_dir)
-        parent = study_parent_run(client, experiment_id, study)
-        dataset = dataset_entity(data, config.data)
-        for model in missing:
-            if (key, model) not in _FITTED:
-                _FITTED[key, model] = fit_baseline(data, model, settings)
-            result = _FITTED[key, model]
-            log_baseline(client, experiment_id, study, horizon, key, config.data, result, parent, dataset)
-            log.info("%s h%d baseline %s: val AUC %.4f, test AUC %.4f", study, horizon, model, result.val_auc, result.test_auc)
+        # once across workers: two workers opening one study fit and log each baseline once
+        claims = Claims(optuna_storage(config.stores), study, stale_after_s=config.study.heartbeat_grace_s)
+        claim = f"baselines/{key}/{','.join(missing)}"
+        if claims.claim_or_wait(claim):
+            with claims.held(claim):
+                _fit_and_log(client, config, experiment_id, study, horizon, key, missing, settings)
         done = finished_baselines(client, experiment_id, key)
     else:
         log.info("%s h%d: baselines %s reused (key %s)", study, horizon, ", ".join(models), key)
-    return {model: float(done[model].data.metrics["val_auc"]) for model in models}
+    return {model: float(done[model].data.metrics["val_auc"]) for model in models if model in done}
+
+
+def _fit_and_log(client: MlflowClient, config: HpoConfig, experiment_id: str, study: str, horizon: int, key: str,
+                 missing: list[str], settings: BaselineSettings) -> None:
+    data, _ = cached_dataset(config.data, horizon, config.stores.cache_dir)
+    parent = study_parent_run(client, experiment_id, study)
+    dataset = dataset_entity(data, config.data)
+    for model in missing:
+        if (key, model) not in _FITTED:
+            _FITTED[key, model] = fit_baseline(data, model, settings)
+        result = _FITTED[key, model]
+        log_baseline(client, experiment_id, study, horizon, key, config.data, result, parent, dataset)
+        log.info("%s h%d baseline %s: val AUC %.4f, test AUC %.4f", study, horizon, model, result.val_auc, result.test_auc)
 
 
 # --- the `hpo baselines` command's helpers ---
