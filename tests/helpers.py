@@ -115,26 +115,53 @@ def baseline(study: str, model: str, val_auc: float, test_auc: float, **metrics:
             "status": "FINISHED"}  # fmt: skip
 
 
-def study_run(study: str, version: int, **metrics: float) -> dict:
+def study_run(study: str, version: int, tags: dict | None = None, **metrics: float) -> dict:
     budget, horizon = study.split("_")[0], int(study.split("_")[1][1:])
     return {"study": study, "params": {}, "metrics": metrics, "status": "FINISHED",
-            "tags": {"run_kind": "study", "study": study, "study_version": version, "budget": budget, "horizon": horizon}}  # fmt: skip
+            "tags": {"run_kind": "study", "study": study, "study_version": version, "budget": budget, "horizon": horizon,
+                     **(tags or {})}}  # fmt: skip
 
 
-def fill_store(stores: StoreConfig, specs: list[dict]) -> None:
-    """Log the runs through the public MLflow API, trials as children of their study's run."""
+def seed_run(study: str, of_trial: int, seed_index: int, val_auc: float | None, *, kind: str = "confirm",
+             test_auc: float | None = None, status: str = "FINISHED") -> dict:  # fmt: skip
+    """A confirmation seed (`run_kind=confirm`, `confirm_of`) or a re-training (`run_kind=retrain`,
+    `retrain_of`) of trial `of_trial` of `study`: `fill_store` fills in that trial's run id."""
+    budget, horizon = study.split("_")[0], int(study.split("_")[1][1:])
+    tags = {"run_kind": kind, "source": "hpo" if kind == "confirm" else "retrain", "study": study, "budget": budget,
+            "horizon": horizon, "trial_number": of_trial, "seed_index": seed_index,
+            "state": "complete" if status == "FINISHED" else "failed"}  # fmt: skip
+    metrics = {k: v for k, v in (("val_auc", val_auc), ("test_auc", test_auc)) if v is not None}
+    return {"study": study, "params": {"budget": budget, "horizon": horizon, "seed": 1000 + seed_index},
+            "metrics": metrics, "tags": tags, "status": status, "of_trial": of_trial}  # fmt: skip
+
+
+def fill_store(stores: StoreConfig, specs: list[dict]) -> list[str]:
+    """Log the runs through the public MLflow API, trials as children of their study's run; a
+    `seed_run` spec gets its trial's run id as `confirm_of` / `retrain_of`. The run ids, in the
+    order of `specs`."""
     client = mlflow_client(stores)
     parents: dict[str, str] = {}
-    for spec in sorted(specs, key=lambda s: s["tags"]["run_kind"] != "study"):
+    trials: dict[tuple[str, str], str] = {}  # (study, trial number) -> run id
+    run_ids: dict[int, str] = {}
+    order = sorted(range(len(specs)), key=lambda i: (specs[i]["tags"]["run_kind"] != "study", "of_trial" in specs[i]))
+    for i in order:
+        spec = specs[i]
         experiment = get_or_create_experiment(client, spec["study"], stores.artifact_root)
         tags = {k: str(v) for k, v in spec["tags"].items()}
         if spec["study"] in parents:
             tags["mlflow.parentRunId"] = parents[spec["study"]]
+        if "of_trial" in spec:
+            link = "confirm_of" if spec["tags"]["run_kind"] == "confirm" else "retrain_of"
+            tags[link] = trials[spec["study"], str(spec["of_trial"])]
         run = client.create_run(experiment, tags=tags)
+        run_ids[i] = run.info.run_id
         if spec["tags"]["run_kind"] == "study":
             parents[spec["study"]] = run.info.run_id
+        if spec["tags"]["run_kind"] == "trial":
+            trials[spec["study"], tags["trial_number"]] = run.info.run_id
         log_batch(client, run.info.run_id, params=spec["params"], metrics=spec["metrics"])
         client.set_terminated(run.info.run_id, spec["status"])
+    return [run_ids[i] for i in range(len(specs))]
 
 
 @contextmanager

@@ -314,6 +314,24 @@ def test_test_split_verdicts_are_paired_delong_on_the_logged_scores(analysis):
     assert h1.fit.aucs == pytest.approx([h1.selected[0].test_auc, h1.selected[1].test_auc], abs=1e-12)
 
 
+def test_without_seeds_the_verdict_is_single_run_delong_and_says_seed_noise_not_measured(analysis, written):
+    """No confirmation runs (confirm_seeds=0, a store from before issue 25): the same verdict as a
+    single-seed paired DeLong, and every pair says its seed noise was not measured."""
+    h1 = next(h for h in analysis.horizons if h.horizon == 1).test
+    scores = synthetic_test_scores()
+    for p in h1.pairs + h1.vs_baseline:
+        expected = paired_delong(scores[p.a], scores[p.b], scores["labels"])
+        assert p.test.diff == pytest.approx(expected.diff, abs=1e-12) and p.test.df == math.inf
+        assert p.test.low == pytest.approx(expected.low, abs=1e-12) and p.test.high == pytest.approx(expected.high, abs=1e-12)
+        assert p.seed_note == "seed noise not measured"
+    assert [len(s.seeds) for s in h1.selected] == [1, 1] and math.isnan(h1.selected[0].seed_sd)
+    assert h1.reason == "each larger budget beats the next smaller one on test (paired DeLong, Holm p < 0.05)"
+    text = written.markdown.read_text()
+    not_measured = [line for line in text.splitlines() if line.endswith("| seed noise not measured |")]
+    assert [line.split(" | ")[:2] for line in not_measured] == [["| 2M", "20M"], ["| 2M", "logreg"], ["| 20M", "logreg"]]
+    assert "Seed noise not measured at h1: every selected configuration has one seed" in text
+
+
 def test_legacy_and_unfinished_studies_are_undetermined_with_the_command(analysis):
     h5 = next(h for h in analysis.horizons if h.horizon == 5).test
     assert h5.verdict == "undetermined" and "no test scores for 2M, 20M" in h5.reason

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score
 
-from tasks.report.stats import delong, holm, paired_delong, scaling_fit, weighted_aucs
+from tasks.report.stats import delong, holm, paired_delong, scaling_fit, seed_paired_delong, weighted_aucs
 
 
 def delong_by_definition(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,3 +128,51 @@ def test_refuses_what_it_cannot_test():
         paired_delong(np.zeros(4), np.zeros(5), np.array([1, 0, 1, 0]))
     with pytest.raises(ValueError, match="two budgets"):
         scaling_fit(np.array([7.0]), np.zeros((1, 4)), np.array([1, 0, 1, 0]))
+
+
+def _seeded(signals: tuple[float, ...], labels: np.ndarray, offset: int) -> np.ndarray:
+    shared = np.random.default_rng(99).normal(size=len(labels))
+    return np.vstack([s * labels + shared + np.random.default_rng(offset + i).normal(size=len(labels)) for i, s in enumerate(signals)])
+
+
+def test_seed_paired_delong_with_one_seed_a_side_is_paired_delong():
+    rng = np.random.default_rng(3)
+    labels = (rng.random(400) < 0.4).astype(int)
+    a, b = _seeded((0.8,), labels, 0), _seeded((0.6,), labels, 10)
+    seeded, single = seed_paired_delong(a, b, labels), paired_delong(a[0], b[0], labels)
+    assert (seeded.diff, seeded.se, seeded.p_value) == pytest.approx((single.diff, single.se, single.p_value), abs=1e-15)
+    assert (seeded.low, seeded.high) == pytest.approx((single.low, single.high), abs=1e-15)
+    assert math.isinf(seeded.df) and math.isnan(seeded.sd_a) and not seeded.seed_measured
+    assert seed_paired_delong(a, b, labels, b_deterministic=True).sd_b == 0
+
+
+def test_seed_paired_delong_adds_seed_variance_to_the_window_variance_of_the_means():
+    rng = np.random.default_rng(4)
+    labels = (rng.random(300) < 0.4).astype(int)
+    a, b = _seeded((0.9, 0.7, 1.1), labels, 0), _seeded((0.6, 0.65), labels, 10)
+    test = seed_paired_delong(a, b, labels)
+    aucs, cov = delong_by_definition(np.vstack([a, b]), labels)  # the O(mn) definition, not the fast algorithm
+    c = np.array([1 / 3, 1 / 3, 1 / 3, -1 / 2, -1 / 2])
+    va, vb = aucs[:3].var(ddof=1) / 3, aucs[3:].var(ddof=1) / 2
+    df = (c @ cov @ c + va + vb) ** 2 / (va**2 / 2 + vb**2 / 1)
+    assert test.diff == pytest.approx(aucs[:3].mean() - aucs[3:].mean(), abs=1e-12)
+    assert test.window_se**2 == pytest.approx(c @ cov @ c, abs=1e-12) and test.seed_se**2 == pytest.approx(va + vb, abs=1e-12)
+    assert test.df == pytest.approx(df, rel=1e-9)
+    assert test.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(test.diff) / test.se, df), rel=1e-9)
+    assert test.high - test.diff == pytest.approx(scipy_stats.t.ppf(0.975, df) * test.se, rel=1e-9)
+    # a deterministic b adds no seed variance of its own
+    assert seed_paired_delong(a, b[:1], labels, b_deterministic=True).seed_se ** 2 == pytest.approx(va, abs=1e-12)
+
+
+def test_scaling_fit_with_one_seed_a_budget_is_the_window_bootstrap_and_seeds_widen_it():
+    rng = np.random.default_rng(5)
+    labels = (rng.random(500) < 0.3).astype(int)
+    one = np.vstack([_seeded((s,), labels, 20 + k)[0] for k, s in enumerate((0.4, 0.8, 1.2))])
+    x = np.log10([2e6, 2e7, 2e8])
+    plain, listed = scaling_fit(x, one, labels, resamples=200), scaling_fit(x, [row[None, :] for row in one], labels, resamples=200)
+    assert (plain.slope, plain.slope_low, plain.slope_high) == (listed.slope, listed.slope_low, listed.slope_high)
+    seeded = [np.vstack([row, _seeded((s + 0.3, s - 0.3), labels, 40 + 2 * k)]) for k, (row, s) in enumerate(zip(one, (0.4, 0.8, 1.2)))]
+    fit = scaling_fit(x, seeded, labels, resamples=200)
+    means = [np.mean([roc_auc_score(labels, s) for s in seeds]) for seeds in seeded]
+    assert fit.aucs == pytest.approx(means, abs=1e-12)
+    assert fit.slope_high - fit.slope_low > plain.slope_high - plain.slope_low

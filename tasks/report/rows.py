@@ -123,7 +123,7 @@ def _seed_cells(s: Selected) -> list[object]:
         picked = "n/a (no test scores of its own: seeds are re-trainings)"
     else:
         rank = int((aucs > s.picked_test_auc).sum()) + 1
-        picked = f"{s.picked_test_auc:.4f} (seed 0, rank {rank} of {len(aucs)})" if len(aucs) > 1 else f"{s.picked_test_auc:.4f} (seed 0)"
+        picked = f"{s.picked_test_auc:.4f} (seed 0, rank {rank} of {len(aucs)} by test AUC)" if len(aucs) > 1 else f"{s.picked_test_auc:.4f} (seed 0)"
     return [len(aucs), sd, spread, picked]
 
 def test_selected_rows(h: HorizonAnalysis) -> list[list[object]]:
@@ -169,8 +169,10 @@ def seed_lines(h: HorizonAnalysis) -> list[str]:
         return [f"Seed noise not measured at h{h.horizon}: every selected configuration has one seed (`confirm_seeds=0`, "
                 "a store from before seed confirmation, or a legacy trial without `hpo retrain STUDY TRIAL --seeds N`), "
                 "so the intervals carry the test windows' noise only."]  # fmt: skip
-    return [f"Seed noise dominates {p.b} vs {p.a}: a seed sd of {p.test.seed_sd:.4f} exceeds their gap of "
-            f"{abs(p.test.diff):.4f} in seed-mean test AUC." for p in pairs if "dominates" in p.seed_note]  # fmt: skip
+    named = [(p.b, p.a, p) for p in h.test.pairs] + [(p.a, p.b, p) for p in h.test.vs_baseline]  # as the tables name them
+    return [f"Seed noise dominates {first} vs {second}: a seed sd of {p.test.seed_sd:.4f} exceeds their gap of "
+            f"{abs(p.test.diff):.4f} in seed-mean test AUC." for first, second, p in named
+            if p.test is not None and "dominates" in p.seed_note]  # fmt: skip
 
 def fit_sentence(h: HorizonAnalysis) -> str:
     fit = h.test.fit

@@ -229,7 +229,7 @@ def seed_note(a: Selected, b: Selected, test: SeedPairedAUC | None) -> str:
     if test is None:
         return ""
     unmeasured = [s.budget for s in (a, b) if math.isnan(s.seed_sd)]
-    if len(unmeasured) == 2:
+    if len(unmeasured) == sum(not s.deterministic for s in (a, b)):  # no seed noise of either side is in the interval
         return "seed noise not measured"
     parts = [f"seed noise not measured for {unmeasured[0]}"] if unmeasured else []
     if test.seed_sd > abs(test.diff):
