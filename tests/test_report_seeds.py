@@ -22,6 +22,7 @@ from tasks.tracking.predictions import log_predictions
 from helpers import baseline, fill_store, no_fsync, seed_run, study_run, trial
 
 WINDOWS = "cd34" * 16
+WINDOWS_H5 = "ef56" * 16
 N = 3000
 # test-score signal per seed (seed 0 is the trial): 2M's trial is its luckiest seed, 20M's its unluckiest
 SIGNALS = {"2M": (1.0, 0.75, 0.78, 0.76), "20M": (0.92, 1.05, 1.08, 1.06)}
@@ -55,6 +56,10 @@ def seeded_specs() -> list[dict]:
         specs += [seed_run(f"{budget}_h1", picked, i, 0.73 + 0.001 * i) for i in (1, 2, 3)]
     specs.append(seed_run("20M_h1", 1, 4, None, status="FAILED"))
     specs.append(seed_run("20M_h1", 0, 1, 0.70))  # the unpicked configuration's seed
+    # h5: a legacy trial without scores, given seeds by `hpo retrain 2M_h5 3 --seeds 3`
+    specs.append(trial("2M_h5", 3, archs["2M"][2], source="legacy", auc=0.66, n_heads_source="logged"))
+    specs += [seed_run("2M_h5", 3, i, 0.65, kind="retrain", test_auc=0.6) for i in (0, 1, 2)]
+    specs.append(baseline("2M_h5", "logreg", 0.64, 0.63))
     return specs
 
 
@@ -74,15 +79,19 @@ def seeded(tmp_path_factory):
         tags, budget = spec["tags"], spec["study"].split("_")[0]
         picked = {"2M": 0, "20M": 1}[budget]
         index = None
-        if tags["run_kind"] == "trial" and tags["trial_number"] == picked:
+        if spec["study"].endswith("_h5"):
+            pass
+        elif tags["run_kind"] == "trial" and tags["trial_number"] == picked:
             index = 0
         elif tags["run_kind"] == "confirm" and spec["of_trial"] == picked and spec["status"] == "FINISHED":
             index = tags["seed_index"]
         if index is not None:
             log_predictions(client, run_id, "test", seed_scores(budget, index), labels, WINDOWS)
             seeds[budget].append(run_id)
+        if tags["run_kind"] == "retrain":
+            log_predictions(client, run_id, "test", seed_scores("2M", tags["seed_index"]), labels, WINDOWS_H5)
         if tags["run_kind"] == "baseline":
-            log_predictions(client, run_id, "test", seed_scores("logreg", 0), labels, WINDOWS)
+            log_predictions(client, run_id, "test", seed_scores("logreg", 0), labels, WINDOWS if spec["study"].endswith("h1") else WINDOWS_H5)
         if tags["run_kind"] == "confirm" and spec["of_trial"] != picked:  # scored, but not a seed of the pick
             log_predictions(client, run_id, "test", seed_scores(budget, 3), labels, WINDOWS)
     result = analyse_campaign(query_runs(stores))
@@ -180,3 +189,17 @@ def test_a_seed_sd_above_the_gap_is_called_dominant():
                                                                   "vs_baseline": []})()})()  # fmt: skip
     assert seed_lines(horizon)[0].startswith("Seed noise dominates 2M vs 20M: a seed sd of")
 
+
+
+def test_a_legacy_configuration_gets_its_seeds_from_its_retrainings(seeded):
+    analysis, _ = seeded
+    h5 = next(h for h in analysis.horizons if h.horizon == 5).test
+    (small,) = h5.selected
+    labels, _ = labels_and_shared()
+    expected = [roc_auc_score(labels, seed_scores("2M", i)) for i in range(3)]
+    assert small.seed_names == ("retrain seed 0", "retrain seed 1", "retrain seed 2")
+    assert small.test_auc == pytest.approx(np.mean(expected), abs=1e-6) and math.isnan(small.picked_test_auc)
+    assert small.run["scores_note"].startswith("re-trained")
+    (vs,) = h5.vs_baseline
+    assert vs.test.seeds_a == 3 and vs.test.sd_b == 0 and vs.test.seed_se > 0
+    assert "n/a (no test scores of its own: seeds are re-trainings)" in render_markdown(analysis)
