@@ -76,7 +76,7 @@ def test_report_flow_writes_logs_and_publishes(prefect_harness, small_store, tmp
         "learning_rate": 5e-05, "dropout": 0.3, "weight_decay": 1e-05,
         "best_baseline": "logreg 0.7000", "vs_baseline": "lower",
         # no test scores logged in this store, and one budget: nothing to compare on test
-        "test_auc": None, "scaling_on_test": "not assessable",
+        "test_auc": None, "seeds": None, "seed_sd_test_auc": None, "scaling_on_test": "not assessable",
     }]  # fmt: skip
 
 
