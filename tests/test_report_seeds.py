@@ -203,3 +203,10 @@ def test_a_legacy_configuration_gets_its_seeds_from_its_retrainings(seeded):
     (vs,) = h5.vs_baseline
     assert vs.test.seeds_a == 3 and vs.test.sd_b == 0 and vs.test.seed_se > 0
     assert "n/a (no test scores of its own: seeds are re-trainings)" in render_markdown(analysis)
+
+
+def test_figure_draws_the_seed_means(seeded, tmp_path):
+    from tasks.report.figures import plot_auc_vs_params
+
+    path = plot_auc_vs_params(seeded[0], tmp_path / "auc.png")
+    assert path is not None and path.stat().st_size > 10_000

@@ -45,7 +45,7 @@ def _count_label(value: float, _position: int) -> str:
 def plot_auc_vs_params(analysis: CampaignAnalysis, path: Path) -> Path | None:
     """Val AUC of every complete trial against its exact parameter count (log x), one panel per
     horizon, the best of each budget with its 95% interval, the best baseline as a line; the
-    selected configurations' seed-mean test AUCs (error bars: seed sd; ticks: each seed) with the
+    selected configurations' seed-mean test AUCs (error bars: seed sd; rings: each seed) with the
     fitted scaling curve and its 95% band."""
     done = analysis.runs[analysis.runs["complete"] & analysis.runs["params"].notna()]
     if done.empty:
@@ -78,7 +78,7 @@ def plot_auc_vs_params(analysis: CampaignAnalysis, path: Path) -> Path | None:
         ax.set_title(f"h{h.horizon}: scaling law on test {h.test.verdict}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    axes[0][0].set_ylabel("AUC (dots, stars: val, selection-biased; diamonds: test, seed mean ± sd)")
+    axes[0][0].set_ylabel("AUC (val: dots, stars; test: diamonds,\nseed mean ± sd, rings: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -86,12 +86,13 @@ def plot_auc_vs_params(analysis: CampaignAnalysis, path: Path) -> Path | None:
 
 def _draw_test_fit(ax, h: HorizonAnalysis) -> None:
     """Each selected configuration's seed-mean test AUC (diamonds) with +- its seed sd (error bars)
-    and each seed (small dots), the fitted line and its 95% band."""
+    and each seed (rings), the fitted line and its 95% band."""
     for s in h.test.selected:
         if s.predictions is not None and not math.isnan(s.params):
             seeded = len(s.seeds) > 1
             if seeded:
-                ax.scatter([s.params] * len(s.seeds), s.seed_aucs, marker="_", s=80, color="black", zorder=4)
+                ax.scatter([s.params] * len(s.seeds), s.seed_aucs, marker="o", s=16, facecolors="none", edgecolors="black",
+                           lw=0.8, zorder=6)  # each seed
             ax.errorbar(s.params, s.test_auc, yerr=s.seed_sd if seeded else None, fmt="D", ms=8, capsize=5,
                         color=_colour(s.budget), markeredgecolor="black", ecolor="black", zorder=5,
                         label=f"{s.budget} selected, test" + (f" (mean ± sd of {len(s.seeds)} seeds)" if seeded else ""))  # fmt: skip
