@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from schemas.config import HpoConfig, StudySpec
 from tasks.study import space
 from tasks.study.finish import finish_study
+from tasks.study.interrupt import graceful_stop, stopping
 from tasks.study.progress import current_progress
 from tasks.study.store import (
     ATTR_ARCHITECTURE,
@@ -74,7 +75,7 @@ def run_trials(handle: StudyHandle, execute: TrialExecutor | None = None, poll_s
     progress.study(handle.name, cfg.n_trials, handle.counts()["done"])
     loop = _LoopState(started=time.monotonic())
     running: set[Future] = set()
-    with ThreadPoolExecutor(max_workers=cfg.slots, thread_name_prefix=f"{handle.name}-slot") as slots:
+    with graceful_stop(), ThreadPoolExecutor(max_workers=cfg.slots, thread_name_prefix=f"{handle.name}-slot") as slots:
         while True:
             for future in [f for f in running if f.done()]:
                 running.discard(future)
@@ -108,6 +109,9 @@ def next_trial(handle: StudyHandle, loop: _LoopState, poll_s: float = 2.0, block
     sleeping while running trials (this worker's own or other workers') may still complete the study."""
     cfg = handle.config.study
     while True:
+        if stopping():
+            loop.stop_reason = loop.stop_reason or "stopped by SIGINT/SIGTERM; run it again to resume"
+            return NoClaim.DONE
         optuna.storages.fail_stale_trials(handle.study)
         counts = handle.counts()
         if counts["done"] >= cfg.n_trials:

@@ -60,6 +60,9 @@ ATTR_PRUNER = "pruner"  # study user attr: the pruner the study was created with
 ATTR_FAILURE_KIND = "failure_kind"
 ATTR_FAILURE_REASON = "failure_reason"
 SURPLUS = "surplus"
+INTERRUPTED = "interrupted"  # failure_kind of a trial its worker stopped (Ctrl-C, SIGTERM): requeued, not a failure
+ATTR_REQUEUED_FROM = "requeued_from"  # trial user attr: the trial whose parameters (and seed) this one repeats
+NOT_FAILURES = (SURPLUS, INTERRUPTED)
 
 
 class StudyStopped(RuntimeError):
@@ -154,7 +157,7 @@ class StudyHandle:
             "done": complete + pruned,  # what n_trials counts
             "running": states.count(TrialState.RUNNING),
             "waiting": states.count(TrialState.WAITING),
-            "failed": sum(1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(ATTR_FAILURE_KIND) != SURPLUS),
+            "failed": sum(1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(ATTR_FAILURE_KIND) not in NOT_FAILURES),
         }
 
     def live_trial(self, number: int) -> optuna.Trial:

@@ -86,6 +86,8 @@ def end_trial_run(client: MlflowClient, run_id: str, outcome: TrialOutcome) -> N
     elif outcome.pruned:
         end_run(client, run_id, "pruned", {T.TAG_LAST_EPOCH: outcome.last_epoch},
                 metrics={"epochs": outcome.last_epoch, "train_seconds": outcome.seconds})
+    elif outcome.interrupted:
+        end_run(client, run_id, "interrupted", {T.TAG_LAST_EPOCH: outcome.last_epoch, T.TAG_FAILURE_REASON: outcome.reason or ""})
     else:
         reason = (outcome.reason or "")[:4000]
         end_run(client, run_id, "failed", {T.TAG_FAILURE_KIND: outcome.failure_kind or "error", T.TAG_FAILURE_REASON: reason})

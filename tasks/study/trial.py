@@ -34,6 +34,8 @@ from tasks.study.store import (
     ATTR_FAILURE_KIND,
     ATTR_FAILURE_REASON,
     ATTR_MLFLOW_RUN,
+    ATTR_REQUEUED_FROM,
+    INTERRUPTED,
     StudyHandle,
 )
 from tasks.study.trial_process import TrialOutcome
@@ -91,7 +93,7 @@ def run_trial(handle: StudyHandle, number: int, progress: TrialProgress | None =
     claim = claimed(handle, number)
     arch, hp = claim.arch, claim.hparams
     extreme = trial.user_attrs.get(ATTR_EXTREME, "none")
-    retry_of = handle.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+    retry_of = handle.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial", trial.user_attrs.get(ATTR_REQUEUED_FROM))
     train_config = handle.config.train.model_copy(update={"seed": handle.config.train.seed + (retry_of if retry_of is not None else number)})
     log.info(trial_description(number, arch, hp) + (f" [forced extreme: {extreme}]" if extreme != "none" else ""))
     progress.trial_started(handle.name, number, f"d={arch.d_model} L={arch.n_layers} h={arch.n_heads} lr={hp['learning_rate']:g}")
@@ -179,10 +181,24 @@ def tell_optuna(handle: StudyHandle, trial: optuna.Trial, run_id: str, request: 
         handle.study.tell(trial, result["val_auc"])
     elif outcome.pruned:
         handle.study.tell(trial, state=TrialState.PRUNED)  # Optuna keeps the last reported val AUC as its value
+    elif outcome.interrupted:  # not the trial's failure: the same parameters go back to the queue
+        requeue(handle, trial, INTERRUPTED)
     else:
         trial.set_user_attr(ATTR_FAILURE_KIND, outcome.failure_kind)
         trial.set_user_attr(ATTR_FAILURE_REASON, (outcome.reason or "")[:2000])
         handle.study.tell(trial, state=TrialState.FAIL)
+
+
+def requeue(handle: StudyHandle, trial: optuna.Trial, kind: str) -> None:
+    """Fail the trial with `kind` (not counted as a failure) and enqueue its parameters again, its
+    forced-extreme type and its seed's origin with them, so the study still gets every extreme."""
+    frozen = handle.storage.get_trial(trial._trial_id)
+    origin = frozen.user_attrs.get(ATTR_REQUEUED_FROM, handle.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial", trial.number))
+    attrs = {ATTR_REQUEUED_FROM: origin, **({ATTR_EXTREME: frozen.user_attrs[ATTR_EXTREME]} if ATTR_EXTREME in frozen.user_attrs else {})}
+    trial.set_user_attr(ATTR_FAILURE_KIND, kind)
+    trial.set_user_attr(ATTR_FAILURE_REASON, "the worker was stopped; its parameters are queued again")
+    handle.study.tell(trial, state=TrialState.FAIL)
+    handle.study.enqueue_trial(frozen.params, user_attrs=attrs, skip_if_exists=False)
 
 
 def _log_outcome(number: int, outcome: TrialOutcome) -> None:
@@ -193,6 +209,8 @@ def _log_outcome(number: int, outcome: TrialOutcome) -> None:
             number, result["val_auc"], result["pred_min"], result["pred_max"], result["recall"],
             result["epochs"], result["train_seconds"],
         )
+    elif outcome.interrupted:
+        log.warning("Trial %d interrupted after epoch %d: queued again", number, outcome.last_epoch)
     elif outcome.pruned:
         last = outcome.epochs[-1] if outcome.epochs else {}
         log.info("Trial %d pruned after epoch %d: val_auc=%.4f", number, outcome.last_epoch, last.get("val/auc", math.nan))
@@ -203,6 +221,8 @@ def _log_outcome(number: int, outcome: TrialOutcome) -> None:
 def _summary(outcome: TrialOutcome) -> str:
     if outcome.complete:
         return f"val_auc={outcome.result['val_auc']:.4f}"
+    if outcome.interrupted:
+        return "interrupted: queued again"
     return f"pruned after epoch {outcome.last_epoch}" if outcome.pruned else f"failed ({outcome.failure_kind})"
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.trial import EVENT_PREFIX, TrialRequest
+from tasks.study.interrupt import stopping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ TERMINATE_GRACE_S = 10.0
 
 @dataclass
 class TrialOutcome:
-    state: str  # "complete" | "failed" | "pruned"
+    state: str  # "complete" | "failed" | "pruned" | "interrupted"
     result: dict = field(default_factory=dict)
     failure_kind: str | None = None  # diverged | oom | crashed | hung | error
     reason: str | None = None
@@ -51,6 +52,11 @@ class TrialOutcome:
     @property
     def pruned(self) -> bool:
         return self.state == "pruned"
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped because its worker was (Ctrl-C, SIGTERM): not the trial's failure."""
+        return self.state == "interrupted"
 
     def time_split(self, trial_seconds: float) -> dict[str, float]:
         """Where the trial's wall time went (schemas.tracking.TIME_METRICS): only the phases this
@@ -113,6 +119,9 @@ def run_trial_process(
                 text=True,
                 env=env,
                 cwd=REPO_ROOT,
+                # a group of its own: the terminal's Ctrl-C goes to the worker, which stops the trial
+                # itself (tasks.study.interrupt); the child still dies with its parent (PDEATHSIG)
+                process_group=0,
             )
             ready_at: list[float] = []
             try:
@@ -167,6 +176,10 @@ def _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, s
         if line is None:  # stdout closed: the child is exiting
             child.wait()
             return final
+        if final is None and stopping():
+            _terminate(child)
+            return TrialOutcome(state="interrupted", failure_kind="interrupted", epochs=epochs,
+                                reason="the worker was stopped (SIGINT/SIGTERM); the trial goes back to the queue")
         if line.startswith(EVENT_PREFIX):
             event = json.loads(line[len(EVENT_PREFIX) :])
             last_progress = now

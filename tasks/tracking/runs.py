@@ -275,9 +275,9 @@ def start_run(
 
 def end_run(client: MlflowClient, run_id: str, state: str, tags: dict[str, str] | None = None,
             metrics: dict | None = None, end_time: int | None = None) -> None:
-    """Close a run with its state tag (complete | failed | pruned | stopped) and MLflow status."""
+    """Close a run with its state tag (complete | failed | pruned | stopped | interrupted) and MLflow status."""
     log_batch(client, run_id, metrics=metrics, tags={T.TAG_STATE: state, **(tags or {})})
-    status = {"complete": "FINISHED", "pruned": "KILLED", "stopped": "KILLED"}.get(state, "FAILED")
+    status = {"complete": "FINISHED", "pruned": "KILLED", "stopped": "KILLED", "interrupted": "KILLED"}.get(state, "FAILED")
     client.set_terminated(run_id, status, end_time=end_time)
 
 
