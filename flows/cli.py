@@ -229,6 +229,7 @@ def recover(
     from schemas.legacy import RecoverRequest
     from tasks.legacy.grids import GridError, load_grid
     from tasks.legacy.optuna_sources import open_storage, StorageError, study_names
+    from tasks.legacy.recover import expand_inputs, non_text_reason, TEXT_FIX
 
     try:
         request = RecoverRequest(inputs=inputs or [], out=out, grid_version=grid_version, grid=grid,
@@ -248,6 +249,11 @@ def recover(
                 opened.close()
     except (GridError, StorageError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    for path in expand_inputs(request.inputs):  # a binary file is refused, never echoed line by line
+        binary = non_text_reason(path) if path.is_file() else None
+        if binary:
+            console.print(f"{path}: {binary}; nothing written: {TEXT_FIX}", style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(2)
     report = recover_flow(request)
     # Per experiment: trials, complete, n_heads logged / recovered / unrecoverable, problems, and
     # what the MLflow import did when there was one.
@@ -269,6 +275,11 @@ def recover(
         console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
     if strict and report.problems:
         console.print(f"--strict: {len(report.problems)} problems, nothing written")
+        raise typer.Exit(1)
+    if not any(row.trials for row in report.experiments):
+        console.print("nothing recovered: no input gave a trial (see the problems above); give a study's HPO log "
+                      "(named like 2M_h1.log), trial .json or trials .csv file, or --optuna-storage",
+                      style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

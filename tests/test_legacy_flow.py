@@ -14,7 +14,7 @@ from flows.recover import recover
 from schemas.legacy import RecoverRequest
 from tasks.legacy.recover import load_experiment
 
-from helpers import GRID, failed, finished, header, legacy_runs, old_json_trials, start, write_log
+from helpers import GRID, failed, finished, header, legacy_runs, line, old_json_trials, start, write_log
 
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")  # the flows talk to a temporary Prefect API
@@ -105,3 +105,50 @@ def test_cli_refuses_an_unknown_grid_version(tmp_path: Path, clean_log: Path) ->
     result = _hpo("recover", str(clean_log), "--out", str(tmp_path / "out"), "--grid-version", "9")
     assert result.exit_code == 2
     assert "unknown grid_version 9" in result.output
+
+
+# --- issue 22, case 6: exit 0 on nothing ------------------------------------------------------
+
+
+def _binary(path: Path) -> Path:
+    """Bytes no log holds: a gzip-like header, NULs and high bytes (one stray newline in them)."""
+    path.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 8 + b"\nTrial 0: \xff\xfe\x00" * 3)
+    return path
+
+
+def test_cli_refuses_a_binary_file_before_anything_is_written(tmp_path: Path, clean_log: Path) -> None:
+    binary = _binary(tmp_path / "2M_h5.log")
+    result = _hpo("recover", str(clean_log), str(binary), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    [message] = result.output.strip().splitlines()  # one line, no traceback, the bytes never echoed
+    assert message.startswith(f"{binary}: not a text file (a NUL byte at offset 3)")
+    assert "give the text log, trial .json or trials .csv file" in message and "--optuna-storage" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_binary_file_without_nul_bytes_is_refused_too(tmp_path: Path) -> None:
+    from tasks.legacy.recover import non_text_reason, recover_file
+
+    path = tmp_path / "2M_h1.log"
+    path.write_bytes(bytes(range(128, 256)) * 20)
+    assert non_text_reason(path).startswith("not a text file (")
+    result = recover_file(path)  # the flow's own path, for a request that bypassed the CLI
+    [problem] = result.problems
+    assert result.experiments == [] and problem.line is None and "not a text file" in problem.reason
+    assert "\ufffd" not in problem.reason
+    # a log with one stray byte (latin-1, say) is still text and still read
+    clean = write_log(tmp_path / "2M_h3.log", [header("2M_h3", horizon="h3"), start(0, GRID[0]), finished(0)])
+    clean.write_bytes(clean.read_bytes() + b"note: 25\xb5s per step\n")
+    assert non_text_reason(clean) is None and len(recover_file(clean).experiments[0].trials) == 1
+
+
+def test_cli_exits_non_zero_when_nothing_is_recovered(tmp_path: Path, stores) -> None:
+    empty = tmp_path / "2M_h1.log"
+    empty.touch()
+    result = _hpo("recover", str(empty), "--out", str(tmp_path / "out"), "--import-mlflow", "--root", str(stores.root))
+    assert result.exit_code == 1, result.output
+    assert f"{empty}: empty file; nothing to recover" in result.output
+    assert "nothing recovered: no input gave a trial" in result.output and "Traceback" not in result.output
+    noise = write_log(tmp_path / "2M_h5.log", [line("nothing but noise"), "Epoch 1/50: 100%\n"])
+    assert _hpo("recover", str(noise), "--out", str(tmp_path / "out")).exit_code == 1
+    assert _hpo("recover", str(empty), str(noise), "--out", str(tmp_path / "out"), "--strict").exit_code == 1

@@ -9,6 +9,7 @@ recover`'s table). n_heads is looked up in our grid, or in the researcher's (`gr
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -328,10 +329,36 @@ def _number_attempts(records: list[tuple[int, TrialRecord]], problem: Callable[[
                 record.state, record.fields["failure_reason"] = "failed", "superseded: the trial number appears again"
 
 
+_SNIFF_BYTES = 8192
+# What to give instead of a file that is not text (the line `hpo recover` refuses it with).
+TEXT_FIX = ("give the text log, trial .json or trials .csv file (an Optuna database goes to --optuna-storage; "
+            "a compressed log: decompress it first)")
+
+
+def non_text_reason(path: Path) -> str | None:
+    """Why `path` is not a text file, from its first 8 KiB (a NUL byte, or a tenth of its bytes not
+    UTF-8), or None: a log with a stray bad byte is still read, a binary file is never echoed."""
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if b"\0" in head:
+        return f"not a text file (a NUL byte at offset {head.index(0)})"
+    decoded = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head)  # not final: a cut character is fine
+    bad = decoded.count("\ufffd")
+    if head and bad * 10 > len(head):
+        return f"not a text file ({bad} of its first {len(head)} bytes are not UTF-8)"
+    return None
+
+
 def recover_file(path: Path, grid_version: int | None = None, grid: ResearcherGrid | None = None) -> Recovered:
-    """A `.json` file through `recover_json`, a `.csv` through `recover_csv`, anything else through `recover_log`."""
+    """A `.json` file through `recover_json`, a `.csv` through `recover_csv`, anything else through
+    `recover_log`; a file that is empty or not text gives only a problem."""
     if not path.is_file():
         return Recovered(source=str(path), problems=[Problem(file=str(path), reason="not a file; skipped")])
+    if path.stat().st_size == 0:
+        return Recovered(source=str(path), problems=[Problem(file=str(path), reason="empty file; nothing to recover")])
+    binary = non_text_reason(path)
+    if binary:
+        return Recovered(source=str(path), problems=[Problem(file=str(path), reason=f"{binary}; skipped: {TEXT_FIX}")])
     read = {".json": recover_json, ".csv": recover_csv}.get(path.suffix.lower(), recover_log)
     return read(path, grid_version, grid)
 
