@@ -255,19 +255,20 @@ def recover(
             console.print(f"{path}: {binary}; nothing written: {TEXT_FIX}", style="red", markup=False, soft_wrap=True)
             raise typer.Exit(2)
     report = recover_flow(request)
-    # Per experiment: trials, complete, n_heads logged / recovered / unrecoverable, problems, and
-    # what the MLflow import did when there was one.
+    # Per experiment: trials, complete (unverified among them: their grid contradicts them), n_heads
+    # logged / recovered / unrecoverable, problems, and what the MLflow import did when there was one.
     table = Table(title="legacy recovery" + ("" if report.written else ": nothing written"), title_justify="left",
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column("experiment", overflow="fold")
-    for header in ("trials", "complete", "n_heads\nlogged", "n_heads\nrecov.", "n_heads\nunrec.", "problems"):
+    for header in ("trials", "complete", "unverified", "n_heads\nlogged", "n_heads\nrecov.", "n_heads\nunrec.", "problems"):
         table.add_column(header, justify="right")
     imported = any(row.mlflow for row in report.experiments)
     if imported:
         table.add_column("mlflow:\nnew/same/\nreplaced")
     for row in report.experiments:
         name = row.experiment if row.experiment != "-" else f"- ({Path(row.source).name})"
-        counts = (row.trials, row.complete, row.n_heads_logged, row.n_heads_recovered, row.n_heads_unrecoverable, row.problems)
+        counts = (row.trials, row.complete, row.unverified, row.n_heads_logged, row.n_heads_recovered,
+                  row.n_heads_unrecoverable, row.problems)
         mlflow = [f"{row.mlflow.created}/{row.mlflow.unchanged}/{row.mlflow.replaced}" if row.mlflow else "-"] if imported else []
         table.add_row(name, *(str(v) for v in counts), *mlflow)
     console.print(table)

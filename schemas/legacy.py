@@ -61,6 +61,9 @@ class LegacyTrial(_Legacy):
     n_heads: int | None = Field(None, gt=0)
     n_heads_source: NHeadsSource
     n_heads_note: str | None = Field(None, description="why n_heads is unrecoverable, or a doubt about a logged value")
+    verified: bool = Field(True, description="False when the trial contradicts its grid (the entry of its arch_idx "
+                           "disagrees with what it logged, or there is none): kept, never selected as best")
+    unverified_reason: str | None = Field(None, description="the contradiction, when verified is False")
     d_ff: int | None = Field(None, gt=0)
     d_ff_ratio: int | None = Field(None, gt=0)
     params: int | None = None
@@ -110,6 +113,8 @@ class LegacyTrial(_Legacy):
                 raise ValueError(f"{where}: n_heads is unrecoverable; say why in n_heads_note")
         elif self.n_heads is None:
             raise ValueError(f"{where}: n_heads_source={self.n_heads_source} needs an n_heads value")
+        if self.verified == bool(self.unverified_reason):
+            raise ValueError(f"{where}: an unverified trial says why in unverified_reason, a verified one has none")
         if self.n_heads and self.d_model and self.d_model % self.n_heads:
             raise ValueError(f"{where}: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.d_model and self.d_ff_ratio and self.d_ff and self.d_ff != self.d_model * self.d_ff_ratio:
@@ -226,6 +231,7 @@ class ExperimentSummary(_Legacy):
     source: str
     trials: int = Field(description="distinct trial numbers")
     complete: int
+    unverified: int = Field(0, description="trials that contradict their grid (kept, never selected as best)")
     failed: int
     incomplete: int
     pruned: int = 0

@@ -90,6 +90,14 @@ TAG_WORKER = "worker"  # host:pid of the process that made the run (a trial run:
 TAG_RETRY_OF = "retry_of"  # trial number this attempt re-runs after its worker died
 TAG_N_HEADS_SOURCE = "n_heads_source"  # logged | recovered | unrecoverable (legacy runs)
 TAG_LEGACY_KEY = "legacy_key"  # idempotency key of an imported legacy trial
+# A legacy trial that contradicts its grid (the entry of its arch_idx disagrees with what it logged,
+# or the grid has no such arch_idx): imported with its metrics and status FINISHED, but with the
+# state tag `unverified` in place of `complete`, so that nothing selecting complete trials takes it
+# as a study's best; tags verified=false and unverified_reason (the disagreement, as in n_heads_note).
+# A run without the verified tag was not contradicted.
+STATE_UNVERIFIED = "unverified"
+TAG_VERIFIED = "verified"
+TAG_UNVERIFIED_REASON = "unverified_reason"
 TAG_SUPPLEMENTAL_ID = "supplemental_id"  # e.g. S2
 TAG_BASELINE_MODEL = "baseline_model"
 TAG_BASELINE_KEY = "baseline_key"  # same key, same baselines: data, horizon, settings, code version

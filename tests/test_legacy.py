@@ -443,7 +443,9 @@ def test_old_json_is_validated_and_rewritten_with_n_heads(tmp_path: Path) -> Non
     assert trials[1].n_heads == GRID[11].n_heads
     assert trials[2].n_heads_source == "unrecoverable"
     assert reasons(result.problems) == f"{path}: trials[2]: trial 2: n_heads unrecoverable: arch_idx 12 of the 2M grid v1 " \
-        f"disagrees with the log: d_model {GRID[12].d_model} (grid) vs 96 (log)"
+        f"disagrees with the log: d_model {GRID[12].d_model} (grid) vs 96 (log); unverified: imported with its metrics, " \
+        "never selected as best"
+    assert not trials[2].verified and trials[0].verified and trials[1].verified
     rewritten = load_experiment(write_experiment(experiment, tmp_path / "out"))
     assert rewritten.trials[0].n_heads == GRID[0].n_heads
 

@@ -152,3 +152,86 @@ def test_cli_exits_non_zero_when_nothing_is_recovered(tmp_path: Path, stores) ->
     noise = write_log(tmp_path / "2M_h5.log", [line("nothing but noise"), "Epoch 1/50: 100%\n"])
     assert _hpo("recover", str(noise), "--out", str(tmp_path / "out")).exit_code == 1
     assert _hpo("recover", str(empty), str(noise), "--out", str(tmp_path / "out"), "--strict").exit_code == 1
+
+
+# --- issue 22, case 7: a contradicted legacy trial becomes the best -------------------------
+
+
+@pytest.fixture
+def contradicted_log(tmp_path: Path) -> Path:
+    """Trial 1, the best val AUC, logs arch_idx 0 but n_layers 40 and params 2,001,217 (the grid's
+    entry has 32 and 1,601,345); trial 2 logs its n_heads and an arch_idx the grid lacks."""
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    return write_log(tmp_path / "logs" / "2M_h1.log", [
+        header(), start(0, GRID[3], lr="2e-05"), finished(0, auc=0.70),
+        start(1, GRID[0], n_layers=40, params="2,001,217", lr="9e-05"), finished(1, auc=0.80),
+        start(2, GRID[4], heads=True, arch_idx=99), finished(2, auc=0.75),
+    ])
+
+
+def test_a_trial_the_grid_contradicts_is_imported_unverified_and_never_the_best(
+    tmp_path: Path, stores, contradicted_log: Path
+) -> None:
+    from schemas import tracking as T
+    from tasks.study.retrain import RetrainRefused, find_trial_run
+    from tasks.study.supplemental import best_hyperparameters
+    from tasks.tracking.runs import search_all_runs
+
+    args = ("recover", str(contradicted_log), "--out", str(tmp_path / "out"), "--import-mlflow", "--root", str(stores.root))
+    result = _hpo(*args)
+    assert result.exit_code == 0, result.output
+    assert f"{contradicted_log}:4: trial 1: n_heads unrecoverable: arch_idx 0 of the 2M grid v1 disagrees with the log: " \
+        "n_layers 32 (grid) vs 40 (log); params 1,601,345 (grid) vs 2,001,217 (log); unverified: imported with its " \
+        "metrics, never selected as best" in result.output
+    assert f"{contradicted_log}:6: trial 2: arch_idx 99 of the 2M grid v1 does not exist" in result.output
+    row = next(r for r in result.output.splitlines() if r.startswith("2M_h1"))
+    assert row.split()[1:4] == ["3", "3", "2"]  # trials, complete, unverified
+    trials = {t.number: t for t in load_experiment(tmp_path / "out" / "2M_h1.json").trials}
+    assert [trials[n].verified for n in (0, 1, 2)] == [True, False, False]
+    assert trials[1].state == "complete" and "n_layers 32 (grid) vs 40 (log)" in trials[1].unverified_reason
+
+    client, runs = legacy_runs(stores)
+    by_number = {run.data.tags[T.TAG_TRIAL_NUMBER]: run for run in runs}
+    for number in ("1", "2"):
+        run = by_number[number]
+        assert run.info.status == "FINISHED" and run.data.metrics["val_auc"] in (0.80, 0.75)  # kept, as data
+        assert run.data.tags[T.TAG_STATE] == T.STATE_UNVERIFIED == "unverified"
+        assert run.data.tags[T.TAG_VERIFIED] == "false" and "2M grid v1" in run.data.tags[T.TAG_UNVERIFIED_REASON]
+    assert by_number["0"].data.tags[T.TAG_STATE] == "complete" and T.TAG_VERIFIED not in by_number["0"].data.tags
+
+    # no selector of complete trials takes them: supplemental's best hyperparameters, retrain's trial
+    experiment_id = runs[0].info.experiment_id
+    hparams, best_run = best_hyperparameters(client, experiment_id)
+    assert best_run == by_number["0"].info.run_id and hparams["learning_rate"] == 2e-05
+    assert find_trial_run(client, "2M_h1", "0").info.run_id == best_run
+    with pytest.raises(RetrainRefused, match=r"2M_h1 #1 is an unverified legacy trial \(arch_idx 0 of the 2M grid v1 disagrees"):
+        find_trial_run(client, "2M_h1", "1")
+
+    # the legacy study run ends FINISHED, and a second import changes nothing
+    [study_run] = search_all_runs(client, [experiment_id], "tags.run_kind = 'study'")
+    assert study_run.info.status == "FINISHED"
+    again = _hpo(*args)
+    assert again.exit_code == 0 and "0/3/0" in again.output
+
+
+def test_every_legacy_study_run_ends_finished_and_an_hpo_study_run_is_left_alone(
+    tmp_path: Path, stores, clean_log: Path, messy_log: Path
+) -> None:
+    from tasks.legacy.importer import import_experiment
+    from tasks.legacy.recover import recover_file
+    from tasks.tracking.runs import ensure_study_run, find_study_run, get_or_create_experiment, mlflow_client
+
+    client = mlflow_client(stores)
+    hpo_id = get_or_create_experiment(client, "2M_h3", stores.artifact_root)
+    hpo_run = ensure_study_run(client, hpo_id, study="2M_h3", budget="2M", horizon=3, version=1, source="hpo")
+    for log in (clean_log, messy_log):
+        [experiment] = recover_file(log).experiments
+        import_experiment(experiment, stores, log)
+    legacy_id = client.get_experiment_by_name("2M_h1").experiment_id
+    assert client.get_run(find_study_run(client, legacy_id, "2M_h1")).info.status == "FINISHED"
+    assert client.get_run(hpo_run).info.status == "RUNNING"  # an hpo study's run is ended by its own finish
+    # a study run an earlier import (or a crash in it) left RUNNING ends FINISHED on the next import
+    client.update_run(find_study_run(client, legacy_id, "2M_h1"), status="RUNNING")
+    [experiment] = recover_file(clean_log).experiments
+    assert import_experiment(experiment, stores, clean_log).unchanged == 2
+    assert client.get_run(find_study_run(client, legacy_id, "2M_h1")).info.status == "FINISHED"

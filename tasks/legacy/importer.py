@@ -3,8 +3,11 @@
 Each run sits in the study's experiment (`2M_h1`), tagged `source=legacy`, with the params of new
 trials (`schemas.tracking.TRIAL_PARAMS`; `n_heads` left out where it is unrecoverable, and
 `batch_size`/`seed`, which the old logs never gave) and the final metrics the log had. Complete
-trials end FINISHED, the rest FAILED with a `failure_reason` tag. The source log and the trial's
-recovered record are attached as artifacts under `legacy/`.
+trials end FINISHED, the rest FAILED with a `failure_reason` tag. A complete trial its grid
+contradicts ends FINISHED with its metrics but the state tag `unverified` (with `verified=false` and
+`unverified_reason`), so no selector of complete trials takes it as best. The source log and the
+trial's recovered record are attached as artifacts under `legacy/`. Once every trial is in, the
+study run the import made ends FINISHED.
 
 Idempotent: each run carries `legacy_key` (`2M_h1#17@1`: experiment, trial number, attempt) and
 a fingerprint of its content. Importing again leaves a run whose fingerprint matches alone and
@@ -26,6 +29,7 @@ from schemas.config import StoreConfig
 from schemas.legacy import ImportCounts, LegacyExperiment, LegacyTrial
 from schemas.tracking import (
     FINAL_METRICS,
+    STATE_UNVERIFIED,
     TAG_BUDGET,
     TAG_EXTREME_TYPE,
     TAG_FAILURE_REASON,
@@ -39,11 +43,14 @@ from schemas.tracking import (
     TAG_STATE,
     TAG_STUDY_VERSION,
     TAG_TRIAL_NUMBER,
+    TAG_UNVERIFIED_REASON,
+    TAG_VERIFIED,
     TRIAL_PARAMS,
     trial_run_name,
 )
 from tasks.tracking.runs import (
     ensure_study_run,
+    find_study_run,
     get_or_create_experiment,
     log_batch,
     mlflow_client,
@@ -68,7 +75,8 @@ def legacy_key(experiment: str, trial: LegacyTrial) -> str:
 def fingerprint(experiment: LegacyExperiment, trial: LegacyTrial) -> str:
     """A hash of everything a run is built from; it changes when the recovered trial changes."""
     content = {
-        "trial": trial.model_dump(mode="json"),
+        # a verified trial's hash leaves the verification out, as before it was recorded
+        "trial": trial.model_dump(mode="json", exclude=None if not trial.verified else {"verified", "unverified_reason"}),
         "grid_version": experiment.grid_version,
         "budget": experiment.budget,
         "horizon": experiment.horizon,
@@ -106,7 +114,7 @@ def trial_tags(experiment: LegacyExperiment, trial: LegacyTrial) -> dict[str, st
         TAG_HORIZON: str(experiment.horizon),
         TAG_TRIAL_NUMBER: str(trial.number),
         TAG_EXTREME_TYPE: trial.extreme_type or "none",
-        TAG_STATE: trial.state,
+        TAG_STATE: STATE_UNVERIFIED if trial.state == "complete" and not trial.verified else trial.state,
         TAG_N_HEADS_SOURCE: trial.n_heads_source,
         TAG_LEGACY_KEY: legacy_key(experiment.experiment, trial),
         TAG_LEGACY_ATTEMPT: str(trial.attempt),
@@ -114,6 +122,8 @@ def trial_tags(experiment: LegacyExperiment, trial: LegacyTrial) -> dict[str, st
     }
     if trial.failure_reason:
         tags[TAG_FAILURE_REASON] = trial.failure_reason[:_MAX_TAG]
+    if not trial.verified:
+        tags |= {TAG_VERIFIED: "false", TAG_UNVERIFIED_REASON: (trial.unverified_reason or "")[:_MAX_TAG]}
     if trial.n_heads_note:
         tags[TAG_N_HEADS_NOTE] = trial.n_heads_note[:_MAX_TAG]
     if experiment.grid_source:
@@ -187,7 +197,19 @@ def import_experiment(experiment: LegacyExperiment, stores: StoreConfig, artifac
             counts.replaced += 1
         else:
             counts.created += 1
+    _finish_study_run(client, experiment_id, experiment.experiment)
     return counts
+
+
+def _finish_study_run(client: MlflowClient, experiment_id: str, study: str) -> None:
+    """End the legacy study run FINISHED once its trials are in (it is left RUNNING while an import,
+    or one a crash cut short, is under way). A study run an hpo study made is left to its finish."""
+    run_id = find_study_run(client, experiment_id, study)
+    if run_id is None:
+        return
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING" and run.data.tags.get(TAG_SOURCE) == "legacy":
+        client.set_terminated(run_id, "FINISHED")
 
 
 def source_artifact(experiment: LegacyExperiment, input_path: Path) -> Path | None:

@@ -16,7 +16,8 @@ from tasks.legacy.records import DEFAULT_REASONS, Recovered, SOURCE_KINDS, valid
 COMPARED = ("state", "arch_idx", "d_model", "n_layers", "n_heads", "params", "learning_rate", "dropout",
             "weight_decay", "val_auc")
 # Where a line number points into the winning source's file, it cannot be taken from another's.
-_OWN = frozenset({"number", "attempt", "start_line", "end_line", "n_heads", "n_heads_source", "n_heads_note", "extra"})
+_OWN = frozenset({"number", "attempt", "start_line", "end_line", "n_heads", "n_heads_source", "n_heads_note", "extra",
+                  "verified", "unverified_reason"})
 
 
 def _same(a: object, b: object) -> bool:
@@ -42,6 +43,8 @@ def _merge_trial(kept: LegacyTrial, other: LegacyTrial, names: tuple[str, str], 
     if kept.n_heads is None and other.n_heads is not None:
         values |= {"n_heads": other.n_heads, "n_heads_source": other.n_heads_source, "n_heads_note": other.n_heads_note}
     values["extra"] = other.extra | kept.extra
+    if kept.verified and not other.verified:  # one source the grid contradicts is enough to doubt the trial
+        values |= {"verified": False, "unverified_reason": f"{other.unverified_reason} (in {names[1]})"}
     if values["state"] == "complete":
         values["failure_reason"] = None
     elif kept.failure_reason in DEFAULT_REASONS.values() and other.failure_reason and other.state == kept.state:

@@ -18,6 +18,8 @@ SOURCE_KINDS = ("optuna-storage", "trials-csv", "json", "log")
 # The reason a trial that did not complete gets when its source gives none (Optuna's storage never does).
 DEFAULT_REASONS = {"failed": "failed (no reason recorded)", "pruned": "pruned (per the source)",
                    "incomplete": "never finished (per the source)"}
+# What a trial the grid contradicts becomes, as its problem lines say it.
+UNVERIFIED_NOTE = "unverified: imported with its metrics, never selected as best"
 
 
 @dataclass
@@ -76,9 +78,14 @@ def build_trial(
         problem(f"trial {record.number}: cannot look up its architecture: {exc}; skipped")
         return None
     values["n_heads"], values["n_heads_source"], values["n_heads_note"] = lookup.n_heads, lookup.source, lookup.note
+    if lookup.contradiction:
+        values["verified"], values["unverified_reason"] = False, lookup.contradiction
+    unverified = f"; {UNVERIFIED_NOTE}" if lookup.contradiction else ""
     if lookup.note:
         verdict = "n_heads unrecoverable" if lookup.source == "unrecoverable" else "doubtful n_heads"
-        problem(f"trial {record.number}: {verdict}: {lookup.note}")
+        problem(f"trial {record.number}: {verdict}: {lookup.note}{unverified}")
+    elif lookup.contradiction:
+        problem(f"trial {record.number}: {lookup.contradiction}{unverified}")
     if lookup.entry is not None:
         values.setdefault("d_ff_ratio", lookup.entry.d_ff_ratio)
         values.setdefault("d_ff", lookup.entry.d_ff)

@@ -136,7 +136,9 @@ JSON_STATES = {
     "fail": "failed", "failed": "failed", "pruned": "pruned",
     "running": "incomplete", "waiting": "incomplete", "incomplete": "incomplete",
 }
-_TRIAL_FIELDS = frozenset(LegacyTrial.model_fields) - {"extra", "n_heads_source", "n_heads_note"}
+# Worked out again on every read, never taken from the file: n_heads' source and whether the grid agrees.
+_DERIVED = frozenset({"n_heads_source", "n_heads_note", "verified", "unverified_reason"})
+_TRIAL_FIELDS = frozenset(LegacyTrial.model_fields) - {"extra"} - _DERIVED
 
 
 _NUMBER_ALIASES = frozenset(key for key, name in JSON_ALIASES.items() if name == "number")
@@ -154,7 +156,7 @@ def _normalize_json_trial(entry: dict, problem: Callable[[str], None], unknown: 
             name = key
         if name in _TRIAL_FIELDS:
             fields[name] = value
-        elif name not in ("n_heads_source", "n_heads_note", "extra") and key not in IGNORED_KEYS:
+        elif name not in _DERIVED and name != "extra" and key not in IGNORED_KEYS:
             extra[key] = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else json.dumps(value, default=str)
             if key not in free:
                 unknown.add(key)
@@ -401,7 +403,7 @@ def summarize(
             count = lambda attr, value: sum(getattr(t, attr) == value for t in latest)  # noqa: E731
             rows.append(ExperimentSummary(
                 experiment=experiment.experiment, source=item.source, trials=len(latest),
-                complete=count("state", "complete"), failed=count("state", "failed"),
+                complete=count("state", "complete"), unverified=count("verified", False), failed=count("state", "failed"),
                 incomplete=count("state", "incomplete"), pruned=count("state", "pruned"), restarts=len(experiment.trials) - len(latest),
                 n_heads_logged=count("n_heads_source", "logged"), n_heads_recovered=count("n_heads_source", "recovered"),
                 n_heads_unrecoverable=count("n_heads_source", "unrecoverable"),

@@ -62,6 +62,11 @@ def find_trial_run(client: MlflowClient, study: str, trial: str) -> Run:
         f"tags.{T.TAG_RUN_KIND} = 'trial' and tags.{T.TAG_TRIAL_NUMBER} = '{trial}' and attributes.status = 'FINISHED'",
     )  # fmt: skip
     complete = [r for r in runs if r.data.tags.get(T.TAG_STATE, "complete") == "complete" and "val_auc" in r.data.metrics]
+    unverified = [r for r in runs if r.data.tags.get(T.TAG_STATE) == T.STATE_UNVERIFIED]
+    if not complete and unverified:
+        reason = unverified[0].data.tags.get(T.TAG_UNVERIFIED_REASON)
+        raise RetrainRefused(f"{study} #{trial} is an unverified legacy trial ({reason}), never a candidate; recover it "
+                             "again with the grid its arch_idx refer to (hpo recover --grid or --grid-version)")
     if not complete:
         raise RetrainRefused(f"{study} has no complete trial #{trial}; check the trial number in the report")
     return max(complete, key=lambda r: r.info.start_time or 0)  # a retried trial: its last attempt
