@@ -566,3 +566,31 @@ def test_a_half_made_run_is_replaced(stores: StoreConfig, tmp_path: Path) -> Non
     assert (counts.created, counts.replaced) == (0, 1)
     _, [run] = legacy_runs(stores)
     assert run.info.status == "FINISHED"
+
+
+def test_a_trial_one_source_contradicts_stays_unverified_when_sources_are_reconciled(tmp_path: Path) -> None:
+    from tasks.legacy.reconcile import reconcile
+
+    log = write_log(tmp_path / "2M_h1.log", [header(), start(0, GRID[0], n_layers=40), finished(0)])
+    old = tmp_path / "2M_h1.json"  # the same trial without n_layers: nothing there to contradict
+    old.write_text(json.dumps([{"number": 0, "arch_idx": 0, "d_model": GRID[0].d_model, "val_auc": 0.7094, "state": "complete"}]))
+    from_json, from_log = recover_file(old), recover_file(log)
+    assert from_json.experiments[0].trials[0].verified and not from_log.experiments[0].trials[0].verified
+    [(merged, owner)] = reconcile([from_log, from_json])
+    [trial] = merged.trials
+    assert owner is from_json and not trial.verified
+    assert trial.unverified_reason.endswith("n_layers 32 (grid) vs 40 (log) (in 2M_h1.log)")
+    assert not recover_file(write_experiment(merged, tmp_path / "out")).experiments[0].trials[0].verified  # read again
+
+
+def test_verification_is_worked_out_again_never_read_from_a_file(tmp_path: Path) -> None:
+    path = write_log(tmp_path / "2M_h1.log", [header(), start(0, GRID[0]), finished(0)])
+    [experiment] = recover_file(path).experiments
+    document = json.loads(write_experiment(experiment, tmp_path / "out").read_text())
+    document["trials"][0] |= {"verified": False, "unverified_reason": "edited by hand"}
+    edited = tmp_path / "out" / "2M_h1.json"
+    edited.write_text(json.dumps(document))
+    result = recover_file(edited)
+    [trial] = result.experiments[0].trials
+    assert trial.verified and trial.unverified_reason is None and trial.extra == {}
+    assert "keys not understood" not in reasons(result.problems)
