@@ -159,6 +159,10 @@ class StoreConfig(_Config):
         default_factory=lambda: os.environ.get("HPO_MLFLOW_TRACKING_URI"),
         description="MLflow tracking URI (env HPO_MLFLOW_TRACKING_URI); default sqlite under root",
     )
+    outage_budget_s: float = Field(
+        default_factory=lambda: float(os.environ.get("HPO_OUTAGE_BUDGET_S", 900)), gt=0,
+        description="how long a worker waits out an unreachable Optuna database or MLflow server before it stops (env HPO_OUTAGE_BUDGET_S)",
+    )
 
     @property
     def optuna_url(self) -> str:

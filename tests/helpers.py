@@ -234,3 +234,54 @@ def wait_until_healthy(what: str, url: str, server: subprocess.Popen, log_tail: 
             pass
         time.sleep(0.5)
     pytest.fail(f"{what} not healthy after {timeout:.0f} s:\n{log_tail()}")
+
+
+class OwnPostgres:
+    """A PostgreSQL server of a test's own (initdb in a temporary folder, a port of its own, run as
+    the `postgres` user since initdb refuses root), which the test may stop and start: never the
+    one on 5432."""
+
+    def __init__(self) -> None:
+        import glob
+        import pwd
+        import shutil
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found or shutil.which("runuser") is None:
+            pytest.skip("no PostgreSQL server binaries (initdb) or runuser on this machine")
+        self.bin = Path(found[-1]).parent
+        self.folder = Path(tempfile.mkdtemp(prefix="hpo-own-pg-", dir="/tmp"))
+        self.folder.chmod(0o755)
+        account = pwd.getpwnam("postgres")
+        os_chown(self.folder, account.pw_uid, account.pw_gid)
+        self.data, self.port = self.folder / "data", free_port()
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        self._as_postgres(self.bin / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres")
+        self.start()
+
+    def _as_postgres(self, *command: object) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *map(str, command)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        self._as_postgres(self.bin / "pg_ctl", "-D", self.data, "-o", options, "-l", self.folder / "server.log", "-w", "start")
+
+    def stop(self) -> None:
+        self._as_postgres(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        import shutil
+
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def os_chown(path: Path, uid: int, gid: int) -> None:
+    import os
+
+    os.chown(path, uid, gid)

@@ -33,6 +33,7 @@ from schemas.config import HpoConfig, PrunerKind, StoreConfig, StudyConfig, Stud
 from tasks.data.dataset import cached_dataset, dataset_record
 from tasks.data.prepared import PreparedData
 from tasks.study import space
+from tasks.study.patience import PatientRDBStorage, patiently
 from tasks.study.space import ArchSpaceKind
 from tasks.tracking.runs import (
     end_run,
@@ -62,7 +63,8 @@ ATTR_FAILURE_REASON = "failure_reason"
 SURPLUS = "surplus"
 INTERRUPTED = "interrupted"  # failure_kind of a trial its worker stopped (Ctrl-C, SIGTERM): requeued, not a failure
 ATTR_REQUEUED_FROM = "requeued_from"  # trial user attr: the trial whose parameters (and seed) this one repeats
-NOT_FAILURES = (SURPLUS, INTERRUPTED)
+WORKER_STOPPED = "worker_stopped"  # failure_kind of a trial whose worker stopped on a store outage: requeued
+NOT_FAILURES = (SURPLUS, INTERRUPTED, WORKER_STOPPED)
 
 
 class StudyStopped(RuntimeError):
@@ -87,12 +89,14 @@ def optuna_storage(stores: StoreConfig, study: HpoConfig | None = None, client: 
     url = stores.optuna_url
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     with sqlite_first_use(url):  # Optuna creates a new SQLite store's tables here
-        return RDBStorage(
+        return patiently(
+            PatientRDBStorage, "the Optuna storage", stores.outage_budget_s,
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=cfg.heartbeat_interval_s,
             grace_period=cfg.heartbeat_grace_s,
             heartbeat_stale_trial_callback=on_stale,
+            outage_budget_s=stores.outage_budget_s,
         )
 
 

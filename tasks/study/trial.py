@@ -36,10 +36,11 @@ from tasks.study.store import (
     ATTR_MLFLOW_RUN,
     ATTR_REQUEUED_FROM,
     INTERRUPTED,
+    WORKER_STOPPED,
     StudyHandle,
 )
 from tasks.study.trial_process import TrialOutcome
-from tasks.study.tracked_run import RunTarget, run_tracked, trial_params
+from tasks.study.tracked_run import RunTarget, TrackedRun, run_tracked, trial_params
 from tasks.tracking.predictions import log_scores_file, scores_path
 
 log = logging.getLogger("hpo")
@@ -109,7 +110,25 @@ def run_trial(handle: StudyHandle, number: int, progress: TrialProgress | None =
         # trials in several slots share the CPU cores (data prep, CPU training) instead of fighting over them
         threads=max(1, (os.cpu_count() or 1) // handle.config.study.slots),
     )
-    tracked = run_tracked(
+    try:
+        tracked = _run(handle, trial, request, arch, hp, extreme, retry_of, train_config, prune, on_event)
+    except Exception:  # a store past its outage budget, or our own machinery: the worker stops, the trial is not lost
+        give_back(handle, trial)
+        raise
+    outcome = tracked.outcome
+    _log_outcome(number, outcome)
+    if outcome.complete:
+        discard_weights(handle)
+    else:  # a pruned or failed trial saved none (or none worth keeping)
+        request.checkpoint_path.unlink(missing_ok=True)
+    progress.trial_finished(handle.name, number, _summary(outcome))
+    progress.study(handle.name, handle.config.study.n_trials, handle.counts()["done"])
+    return TrialResult(outcome.state, outcome.result.get("val_auc"), outcome.failure_kind)
+
+
+def _run(handle: StudyHandle, trial: optuna.Trial, request: TrialRequest, arch: Architecture, hp: dict, extreme: str,
+         retry_of: int | None, train_config, prune: _PruningCheck, on_event) -> TrackedRun:
+    return run_tracked(
         handle.client, _target(handle, trial, arch, hp, extreme, retry_of, train_config), request, handle.config.data,
         stall_timeout_s=handle.config.study.stall_timeout_s,
         on_started=lambda run_id: trial.set_user_attr(ATTR_MLFLOW_RUN, run_id),
@@ -120,15 +139,16 @@ def run_trial(handle: StudyHandle, number: int, progress: TrialProgress | None =
         before_end=lambda run_id, outcome: tell_optuna(handle, trial, run_id, request, outcome),
         discard_checkpoint=False,  # the best trial's weights stay for the study's test evaluation
     )
-    outcome = tracked.outcome
-    _log_outcome(number, outcome)
-    if outcome.complete:
-        discard_weights(handle)
-    else:  # a pruned or failed trial saved none (or none worth keeping)
-        request.checkpoint_path.unlink(missing_ok=True)
-    progress.trial_finished(handle.name, number, _summary(outcome))
-    progress.study(handle.name, handle.config.study.n_trials, handle.counts()["done"])
-    return TrialResult(outcome.state, outcome.result.get("val_auc"), outcome.failure_kind)
+
+
+def give_back(handle: StudyHandle, trial: optuna.Trial) -> None:
+    """The worker stops mid-trial: its trial goes back to the queue now if the Optuna storage
+    answers, else the heartbeat check re-queues it once the storage is back."""
+    try:
+        requeue(handle, trial, WORKER_STOPPED)
+        log.warning("Trial %d queued again: its worker stopped", trial.number)
+    except Exception as exc:  # noqa: BLE001 - best effort: the heartbeat check is the fallback
+        log.warning("Trial %d left to the heartbeat check (%s)", trial.number, type(exc).__name__)
 
 
 def _target(handle: StudyHandle, trial: optuna.Trial, arch: Architecture, hp: dict, extreme: str,

@@ -11,6 +11,7 @@ stderr as the reason; the driver itself never raises because of a trial.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -28,6 +29,7 @@ from schemas.trial import EVENT_PREFIX, TrialRequest
 from tasks.study.interrupt import stopping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger("hpo")
 
 
 # A terminated child gets this long to exit before it is killed (it holds no file open for
@@ -124,12 +126,15 @@ def run_trial_process(
                 process_group=0,
             )
             ready_at: list[float] = []
+            beating = _beat_in_background(heartbeat, heartbeat_interval_s)
             try:
-                outcome = _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, should_stop, ready_at)
+                outcome = _follow(child, on_event, stall_timeout_s, should_stop, ready_at)
             except BaseException:  # Ctrl-C or a driver error: leave no orphan behind
                 child.kill()
                 child.wait()
                 raise
+            finally:
+                beating.set()
             if outcome is None:  # the child ended without a final event
                 stderr.seek(0)
                 tail = "".join(deque(stderr, maxlen=15)).strip()
@@ -154,25 +159,39 @@ def _terminate(child: subprocess.Popen) -> None:
         child.wait()
 
 
-def _follow(child, on_event, heartbeat, heartbeat_interval_s, stall_timeout_s, should_stop,
-            ready_at: list[float]) -> TrialOutcome | None:
+def _beat_in_background(heartbeat: Callable[[], None] | None, interval_s: float) -> threading.Event:
+    """The trial's heartbeat from a thread of its own, every `interval_s` until the returned event
+    is set: while an MLflow call waits out an outage, the trial still says it is alive."""
+    stop = threading.Event()
+    if heartbeat is None:
+        return stop
+
+    def beat() -> None:
+        while True:
+            try:
+                heartbeat()
+            except Exception as exc:  # noqa: BLE001 - the storage waits out blinks itself; a miss is logged
+                log.warning("heartbeat not recorded: %s", exc)
+            if stop.wait(interval_s):
+                return
+
+    threading.Thread(target=beat, name="trial-heartbeat", daemon=True).start()
+    return stop
+
+
+def _follow(child, on_event, stall_timeout_s, should_stop, ready_at: list[float]) -> TrialOutcome | None:
     """Read the child's events until it exits; `ready_at` gets the time of its "ready" event."""
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True).start()
     epochs: list[dict] = []
     final: TrialOutcome | None = None
-    last_progress = last_beat = time.monotonic()
-    if heartbeat:
-        heartbeat()
+    last_progress = time.monotonic()
     while True:
         try:
-            line = lines.get(timeout=min(heartbeat_interval_s, 5.0))
+            line = lines.get(timeout=5.0)
         except queue.Empty:
             line = ""
         now = time.monotonic()
-        if heartbeat and now - last_beat >= heartbeat_interval_s:
-            heartbeat()
-            last_beat = now
         if line is None:  # stdout closed: the child is exiting
             child.wait()
             return final

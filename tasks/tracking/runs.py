@@ -57,7 +57,22 @@ def sqlite_first_use(url: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def mlflow_retry_env(budget_s: float) -> dict[str, str]:
+    """MLflow's HTTP retry settings that wait out `budget_s`: urllib3 waits factor * 2^(n-1) s
+    before retry n, at most 120 s each (MLflow's defaults, 7 retries of factor 2, give up after ~4 min)."""
+    factor, cap, total, retries = 2.0, 120.0, 0.0, 0
+    while total < budget_s:
+        total += min(cap, factor * 2**retries)
+        retries += 1
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(factor)}
+
+
 def mlflow_client(stores: StoreConfig) -> MlflowClient:
+    """The tracking client; a tracking server's HTTP calls are retried with backoff for up to
+    `outage_budget_s` (MLflow's own retries, sized by mlflow_retry_env;
+    settings already in the environment are kept)."""
+    for key, value in mlflow_retry_env(stores.outage_budget_s).items():
+        os.environ.setdefault(key, value)
     stores.root.mkdir(parents=True, exist_ok=True)
     if stores.mlflow_uri in _READY_SQLITE:
         return MlflowClient(tracking_uri=stores.mlflow_uri)
