@@ -298,7 +298,7 @@ def test_a_campaign_stage_hands_each_study_to_the_work_pool_and_waits_for_them(p
 
     @flow(name="stage-under-test")
     def stage() -> tuple[str, list[dict]]:
-        return flow_run.get_id(), run_stage("test", ["smoke_h1", "smoke_h3"], config, smoke=False, dispatch="work-pool")
+        return flow_run.get_id(), run_stage("test", ["smoke_h1", "smoke_h3"], config, dispatch="work-pool")
 
     started = time.monotonic()
     with temporary_settings({PREFECT_API_URL: prefect_stack.api_url}):

@@ -92,3 +92,28 @@ def test_past_the_outage_budget_the_worker_stops_and_a_rerun_completes(smoke_con
     own_postgres.start()
     summary = run_study(StudySpec.parse("smoke_h1"), config)  # the stopped worker's trial is re-queued, not lost
     assert (summary["state"], summary["complete"], summary["running"]) == ("complete", 6, 0)
+
+
+def test_mlflow_retries_are_sized_to_the_outage_budget():
+    """MLflow's defaults (7 retries, factor 2) give up after ~4 minutes: the outage the issue saw
+    kill a study. The settings we give it wait out the whole budget, and MLflow can read them."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+    from tasks.tracking.runs import mlflow_retry_env
+
+    def waited(env: dict[str, str]) -> float:
+        factor, retries = int(env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]), int(env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+        return sum(min(120, factor * 2 ** (n - 1)) for n in range(2, retries + 1))  # urllib3: no wait before the first
+
+    assert waited({"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"}) < 300
+    for budget in (60, 900, 3600):
+        env = mlflow_retry_env(budget)
+        assert budget <= waited(env) < budget + 120
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in mlflow_retry_env(900).items():
+            patch.setenv(key, value)
+        assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == int(mlflow_retry_env(900)["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) > 10
+        assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 2
+        from mlflow.utils.rest_utils import _validate_max_retries
+
+        _validate_max_retries(MLFLOW_HTTP_REQUEST_MAX_RETRIES.get())  # MLflow accepts it

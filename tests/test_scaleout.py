@@ -109,7 +109,8 @@ def test_two_workers_without_a_shared_disk_and_the_other_worker_finishes(stores,
     config = HpoConfig(  # without stores: each worker takes them from its environment
         data=DataConfig(window=20),
         train=TrainConfig(max_epochs=1, max_batches_per_epoch=4, batch_size=64, max_warmup_steps=2, device="cpu"),
-        study=StudyConfig(n_trials=N_TRIALS, heartbeat_interval_s=1, heartbeat_grace_s=10, baselines=False),
+        # selection on one seed here: this test is about whose disk the weights are on (confirmation: test_confirm)
+        study=StudyConfig(n_trials=N_TRIALS, heartbeat_interval_s=1, heartbeat_grace_s=10, baselines=False, confirm_seeds=0),
     ).model_dump_json(exclude={"stores"})
     workdirs = [tmp_path / "worker-a", tmp_path / "worker-b"]
     for workdir in workdirs:

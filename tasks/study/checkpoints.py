@@ -19,7 +19,9 @@ lifecycle, which the driver follows:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -76,9 +78,10 @@ def store_if_best(client: MlflowClient, run_id: str, checkpoint: Path, value: fl
 
 
 def discard_weights(client: MlflowClient, experiment_id: str, checkpoint_dir: Path, study: optuna.Study,
-                    keep: int = 1) -> None:
+                    keep: int = 1, selected: int | None = None) -> None:
     """Delete the weights of every finished trial but the `keep` best (the best and, when the study
-    confirms its top configurations on seeds, the ones it may select), here and in MLflow.
+    confirms its top configurations on seeds, the ones it may select), or all but `selected` once
+    the study is finished, here and in MLflow.
 
     The candidates are listed before the study's best is read: a trial that finished in between
     is then in the best's reading too, so a new best is never deleted as a stale candidate."""
@@ -92,7 +95,7 @@ def discard_weights(client: MlflowClient, experiment_id: str, checkpoint_dir: Pa
     by_configuration: dict[tuple, int] = {}  # each configuration's best trial, in rank order
     for trial in ranked:
         by_configuration.setdefault(tuple(sorted(trial.params.items())), trial.number)
-    kept = {best.number, *list(by_configuration.values())[:keep]}
+    kept = {selected} if selected is not None else {best.number, *list(by_configuration.values())[:keep]}
 
     def obsolete(number: int | None) -> bool:
         trial = trials.get(number)
@@ -138,8 +141,26 @@ def fetch(client: MlflowClient, run_id: str | None, number: int, checkpoint_dir:
 
 
 def remove_local(checkpoint_dir: Path) -> None:
-    """The study is finished: nothing in this worker's folder is needed any more."""
+    """The study is finished: nothing in this worker's folder is needed any more, nor in the
+    folders that ended worker processes of this machine left (`host-pid`, schemas.config.StoreConfig.checkpoint_dir);
+    a live worker's folder is its own to clear."""
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if not checkpoint_dir.parent.is_dir():
+        return
+    for folder in checkpoint_dir.parent.iterdir():
+        host, _, pid = folder.name.rpartition("-")
+        if folder.is_dir() and host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 # The logged model outputs the event's probability; pt2 (torch.export) is MLflow's safe format:

@@ -73,6 +73,12 @@ class Claims:
         with self.engine.begin() as db:
             db.execute(update(CLAIMS).where(self._row(key)).values(done=True, renewed_at=time.time()))
 
+    def reopen(self, key: str) -> None:
+        """Done work to be done again (its result was lost): a done claim becomes free; a claim
+        someone holds now is left to them."""
+        with self.engine.begin() as db:
+            db.execute(delete(CLAIMS).where(and_(self._row(key), CLAIMS.c.done.is_(True))))
+
     def release(self, key: str) -> None:
         with self.engine.begin() as db:
             db.execute(delete(CLAIMS).where(and_(self._row(key), CLAIMS.c.done.is_(False))))

@@ -49,7 +49,16 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
     best, confirmed = _select(handle)
     summary.update(state="complete", best_trial=best.number, best_val_auc=best.value,
                    selected_by="seed_mean" if confirmed else "single_run")
+    recorded = client.get_run(parent).data
+    if (recorded.tags.get(T.TAG_STUDY_STATE) == "complete" and recorded.tags.get(T.TAG_BEST_TRIAL) == str(best.number)
+            and _has_test_scores(client, best)):  # fmt: skip
+        # finished before (a campaign resuming, or a second worker): nothing new to evaluate. A study
+        # finished by a version that logged no test scores is evaluated again: the report needs them.
+        summary["best_test_auc"] = recorded.metrics.get("best_test_auc")
+        checkpoints.remove_local(handle.checkpoint_dir)
+        return summary
     claims = Claims(handle.storage, handle.name, stale_after_s=handle.config.study.heartbeat_grace_s)
+    claims.reopen(FINISH_CLAIM)  # finished before, yet without its test scores now: evaluate again
     if not claims.claim_or_wait(FINISH_CLAIM):  # another worker finished it: evaluation and registration happen once
         checkpoints.remove_local(handle.checkpoint_dir)
         return {**study_summary(handle), "selected_by": summary["selected_by"]}
@@ -61,14 +70,6 @@ def _evaluate_and_close(handle: StudyHandle, best: FrozenTrial, confirmed: Confi
                         summary: dict[str, object], counts: dict[str, int]) -> dict[str, object]:
     """The claimed part of finishing: the selected trial on test, its model registered, the study run closed."""
     client, parent = handle.client, handle.parent_run_id
-    recorded = client.get_run(parent).data
-    if (recorded.tags.get(T.TAG_STUDY_STATE) == "complete" and recorded.tags.get(T.TAG_BEST_TRIAL) == str(best.number)
-            and _has_test_scores(client, best)):  # fmt: skip
-        # finished before (a campaign resuming, or a second worker): nothing new to evaluate. A study
-        # finished by a version that logged no test scores is evaluated again: the report needs them.
-        summary["best_test_auc"] = recorded.metrics.get("best_test_auc")
-        checkpoints.remove_local(handle.checkpoint_dir)
-        return summary
     try:
         test_auc, version = evaluate_on_test(handle, best, summary["selected_by"])
     except Exception as exc:  # a missing checkpoint, a failed evaluation, a store that broke: retried by a rerun
@@ -89,6 +90,8 @@ def _evaluate_and_close(handle: StudyHandle, best: FrozenTrial, confirmed: Confi
         T.TAG_EVALUATED_ON: worker_name(),
         T.TAG_FAILURE_REASON: "",
     })
+    # the study is finished: only the registered trial's weights stay in MLflow
+    checkpoints.discard_weights(client, handle.experiment_id, handle.checkpoint_dir, handle.study, selected=best.number)
     checkpoints.remove_local(handle.checkpoint_dir)
     return summary
 

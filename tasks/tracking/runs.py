@@ -58,13 +58,15 @@ def sqlite_first_use(url: str):
 
 
 def mlflow_retry_env(budget_s: float) -> dict[str, str]:
-    """MLflow's HTTP retry settings that wait out `budget_s`: urllib3 waits factor * 2^(n-1) s
-    before retry n, at most 120 s each (MLflow's defaults, 7 retries of factor 2, give up after ~4 min)."""
-    factor, cap, total, retries = 2.0, 120.0, 0.0, 0
+    """MLflow's HTTP retry settings that wait out `budget_s`. urllib3 waits 0 s before the first
+    retry and factor * 2^(n-1) s before retry n, at most 120 s each: MLflow's defaults (7 retries,
+    factor 2) give up after ~4 minutes, and it allows 10 retries unless its limit is raised too."""
+    factor, cap, total, retries = 2, 120.0, 0.0, 0  # MLflow reads the factor as an int
     while total < budget_s:
-        total += min(cap, factor * 2**retries)
         retries += 1
-    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(factor)}
+        total += 0.0 if retries == 1 else min(cap, factor * 2 ** (retries - 1))
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(factor),
+            "_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT": str(max(10, retries))}
 
 
 def mlflow_client(stores: StoreConfig) -> MlflowClient:
