@@ -35,6 +35,9 @@ from tasks.tracking.runs import ensure_study_run, mlflow_client, search_all_runs
 log = logging.getLogger("hpo")
 
 
+RETRAIN_SEED_OFFSET = 500_009
+
+
 class RetrainRefused(ValueError):
     """The run cannot be re-trained as asked (unknown study or trial, missing parameters)."""
 
@@ -110,7 +113,7 @@ def retrain(config: HpoConfig, study: str, trial: str, seed_index: int = 0) -> R
     """Re-train `study #trial`'s configuration on the configured data, log its val and test scores
     on a new `retrain` run; skipped when a finished re-training with test scores exists. A smoke
     stand-in study is re-trained with the smoke settings it was trained with. Seed index i trains
-    with the configured seed + i * SEED_STRIDE, so `retrain_seeds` gives a recorded configuration
+    with the configured seed + RETRAIN_SEED_OFFSET + i * SEED_STRIDE (no study trial's seed), so `retrain_seeds` gives a recorded configuration
     several seeds, like a study's confirmation."""
     client = mlflow_client(config.stores)
     selected = find_trial_run(client, study, trial)
@@ -126,7 +129,8 @@ def retrain(config: HpoConfig, study: str, trial: str, seed_index: int = 0) -> R
     if spec.smoke_of or spec.budget == "smoke":
         config = config.smoke()
     budget, arch, hparams = recorded_architecture(selected, config.data.num_features)
-    seed = config.train.seed + seed_index * SEED_STRIDE
+    # never a seed a study trial (base + number) or a confirmation (+ i * stride) trained with
+    seed = config.train.seed + RETRAIN_SEED_OFFSET + seed_index * SEED_STRIDE
     config = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
     data, dataset_path = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)  # bad input: nothing written
     parent = ensure_study_run(client, experiment_id, study=study, budget=spec.budget, horizon=spec.horizon,
