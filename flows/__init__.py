@@ -10,3 +10,28 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # plain functions (hpo retrain outside its flow, tests) log to the "hpo" logger too: no API warning
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+def _forward_hpo_logger() -> None:
+    """The "hpo" logger's INFO lines in Prefect's run logs (the UI's Logs tab, `--watch`).
+
+    Prefect reads PREFECT_LOGGING_EXTRA_LOGGERS when it is first imported. A worker's flow run
+    process imports Prefect before this package (`python -m prefect.engine`), so the default above
+    comes too late there: the handlers Prefect gives its extra loggers are attached here instead.
+    Without a level of its own the logger inherits the root's WARNING and drops the trial lines."""
+    import logging
+
+    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG
+
+    if "hpo" not in [name.strip() for name in os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"].split(",")]:
+        return  # the user chose other extra loggers
+    logger = logging.getLogger("hpo")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if PROCESS_LOGGING_CONFIG:  # Prefect's logging is set up already: add what it would have added
+        for handler in logging.getLogger("prefect.extra").handlers:
+            if all(type(h) is not type(handler) for h in logger.handlers):
+                logger.addHandler(handler)
+
+
+_forward_hpo_logger()
