@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from optuna.storages import RDBStorage
 from sqlalchemy import Boolean, Column, Float, MetaData, String, Table, and_, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 log = logging.getLogger("hpo")
 
@@ -46,7 +46,10 @@ class Claims:
 
     def __init__(self, storage: RDBStorage, study: str, stale_after_s: float):
         self.engine, self.study, self.stale_after_s = storage.engine, study, stale_after_s
-        _METADATA.create_all(self.engine, checkfirst=True)
+        try:
+            _METADATA.create_all(self.engine, checkfirst=True)
+        except (IntegrityError, ProgrammingError):  # another worker created it between the check and the create
+            _METADATA.create_all(self.engine, checkfirst=True)
 
     def claim(self, key: str) -> bool:
         """True when this worker now holds `key`: it was free, or its holder stopped renewing it."""
