@@ -117,3 +117,91 @@ def test_mlflow_retries_are_sized_to_the_outage_budget():
         from mlflow.utils.rest_utils import _validate_max_retries
 
         _validate_max_retries(MLFLOW_HTTP_REQUEST_MAX_RETRIES.get())  # MLflow accepts it
+
+
+MLFLOW_WORKER = """
+import sys
+from schemas.config import HpoConfig, StudySpec
+from tasks.study.loop import run_study
+from tasks.study.patience import StoreUnavailable
+try:
+    print("summary", run_study(StudySpec.parse("smoke_h1"), HpoConfig.model_validate_json(sys.argv[1])), flush=True)
+except Exception as exc:  # what the CLI would print
+    print("stopped:", type(exc).__name__, str(exc)[:300], flush=True)
+    sys.exit(3)
+"""
+
+
+def test_an_mlflow_server_down_past_the_budget_stops_the_worker_and_its_trial_is_queued_again(smoke_config, tmp_path):
+    """Issue 22, case 2, on a real `mlflow server` stopped and started: past the outage budget (here
+    20 s, sized into MLflow's own HTTP retries) the worker stops; its trial is not left RUNNING but
+    queued again, and a rerun once the server is back completes the study."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from helpers import free_port, wait_until_healthy
+
+    server_dir = tmp_path / "mlflow-server"
+    server_dir.mkdir()
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+
+    def start_server() -> subprocess.Popen:
+        log = open(server_dir / "server.log", "ab")
+        server = subprocess.Popen(
+            [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",
+             "--artifacts-destination", str(server_dir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], cwd=server_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until_healthy("mlflow server", uri, server, lambda: (server_dir / "server.log").read_text()[-3000:])
+        return server
+
+    def stop_server(server: subprocess.Popen) -> None:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+    stores = smoke_config.stores.model_copy(update={"mlflow_tracking_uri": uri, "outage_budget_s": 20})
+    train = smoke_config.train.model_copy(update={"max_epochs": 6, "max_batches_per_epoch": 20, "patience": 6})
+    config = smoke_config.model_copy(update={"stores": stores, "train": train,
+                                             "study": smoke_config.study.model_copy(update={"n_trials": 6, "heartbeat_grace_s": 30})})
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT"):
+        env.pop(key, None)  # the worker sizes them from its own budget
+    from tasks.study.store import optuna_storage
+
+    optuna_storage(config.stores)  # the Optuna store made before the worker and this test read it
+    server = start_server()
+    try:
+        worker = subprocess.Popen([sys.executable, "-c", MLFLOW_WORKER, config.model_dump_json()], cwd=Path(__file__).parent.parent,
+                                  env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        storage = config.stores.optuna_url
+        deadline = time.monotonic() + 300
+        while True:  # a trial is training
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0][-3000:]
+            try:
+                trials = optuna.load_study(study_name="smoke_h1", storage=storage).trials
+            except KeyError:
+                trials = []
+            if any(t.state == TrialState.RUNNING and t.user_attrs.get("mlflow_run_id") for t in trials):
+                break
+            time.sleep(0.5)
+        stop_server(server)
+        output = worker.communicate(timeout=240)[0]
+        assert worker.returncode == 3 and "stopped:" in output, output[-3000:]
+        study = optuna.load_study(study_name="smoke_h1", storage=storage)
+        assert not [t for t in study.trials if t.state == TrialState.RUNNING], "no trial left RUNNING"
+        assert [t for t in study.trials if t.user_attrs.get("failure_kind") == "worker_stopped"]
+        server = start_server()
+        from tasks.study.loop import run_study
+
+        summary = run_study(StudySpec.parse("smoke_h1"), config)
+        assert (summary["state"], summary["complete"], summary["running"]) == ("complete", 6, 0)
+    finally:
+        if server.poll() is None:
+            stop_server(server)

@@ -69,12 +69,16 @@ def mlflow_retry_env(budget_s: float) -> dict[str, str]:
             "_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT": str(max(10, retries))}
 
 
+_RETRY_ENV_SET: dict[str, str] = {}  # what mlflow_client put in the environment (not the user)
+
+
 def mlflow_client(stores: StoreConfig) -> MlflowClient:
     """The tracking client; a tracking server's HTTP calls are retried with backoff for up to
     `outage_budget_s` (MLflow's own retries, sized by mlflow_retry_env;
-    settings already in the environment are kept)."""
+    settings a user put in the environment are kept)."""
     for key, value in mlflow_retry_env(stores.outage_budget_s).items():
-        os.environ.setdefault(key, value)
+        if os.environ.get(key) in (None, _RETRY_ENV_SET.get(key)):  # a user's own setting is kept
+            os.environ[key] = _RETRY_ENV_SET[key] = value
     stores.root.mkdir(parents=True, exist_ok=True)
     if stores.mlflow_uri in _READY_SQLITE:
         return MlflowClient(tracking_uri=stores.mlflow_uri)
