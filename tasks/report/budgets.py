@@ -17,7 +17,8 @@ whether the best parameters agree. The headline verdict on the test split is
   report's headline is the test verdict of `tasks.report.verdicts`): "violated" when some smaller
   budget's best is higher than some larger budget's best; "holds" when every larger budget's best
   is higher than the next smaller one's; "not distinguishable" otherwise; "undetermined" when an
-  interval is not Hanley-McNeil's; "not assessable" with fewer than two budgets.
+  interval is not Hanley-McNeil's or the budgets were trained on different datasets (as on test,
+  `verdicts.dataset_check`); "not assessable" with fewer than two budgets.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ import pandas as pd
 
 from schemas.tracking import HPARAMS, TAG_BEST_RUN_ID, TAG_BEST_TRIAL, TAG_CONFIRM_OF, TAG_SEED_INDEX, TAG_SELECTED_BY, predictions_tag
 from tasks.report.stats import DifferenceInterval
-from tasks.report.study import CollapseSummary, best_trial, collapse_summary, value_table
+from tasks.report.study import CollapseSummary, StudyDataset, best_trial, collapse_summary, study_dataset, value_table
 from tasks.report.table import baselines_of, trials_of
-from tasks.report.verdicts import HorizonVerdict, horizon_verdict
+from tasks.report.verdicts import HorizonVerdict, dataset_check, horizon_verdict
 from tasks.tracking.predictions import Predictions
 
 TOP_K = 5
@@ -125,6 +126,7 @@ class BudgetBest:
     baseline_interval: Interval | None
     vs_baseline: Comparison | None
     seeds: tuple[pd.Series, ...] = ()  # the runs whose test scores are seeds of `best` (`seed_runs`)
+    dataset: StudyDataset | None = None  # what the study of `best` pinned (None without a best)
 
     @property
     def has_runs(self) -> bool:
@@ -151,8 +153,16 @@ def budget_bests(frame: pd.DataFrame, horizon: int, budgets: list[str]) -> list[
                     base_interval = Interval(base_interval.auc, interval.se, f"{interval.method} (borrowed)")
                 comparison = compare_aucs(interval, base_interval)
         rows.append(BudgetBest(budget, horizon, int(trials["complete"].sum()), len(trials), best, interval,
-                               top_base, base_interval, comparison, seeds))  # fmt: skip
+                               top_base, base_interval, comparison, seeds, _dataset_of(best, at)))  # fmt: skip
     return rows
+
+
+def _dataset_of(best: pd.Series | None, at: pd.DataFrame) -> StudyDataset | None:
+    """The dataset pinned by the study run of `best`'s study."""
+    if best is None:
+        return None
+    runs = at[(at["run_kind"] == "study") & (at["study"] == best["study"])]
+    return study_dataset(str(best["study"]), runs.iloc[0] if len(runs) else None)
 
 
 def selected_trial(trials: pd.DataFrame, at: pd.DataFrame) -> pd.Series | None:
@@ -294,11 +304,15 @@ def analyse_horizon(frame: pd.DataFrame, horizon: int, budgets: list[str],
                     predictions: dict[str, Predictions | str] | None = None) -> HorizonAnalysis:  # fmt: skip
     at = frame[frame["horizon"] == horizon]
     bests = budget_bests(frame, horizon, budgets)
+    scaling = scaling_verdict(bests)
+    datasets = dataset_check(bests)
+    if datasets.differ:  # no validation comparison across datasets either
+        scaling = ScalingVerdict("undetermined", datasets.reason, scaling.pairs.assign(verdict="undetermined"))
     base = baselines_of(at).sort_values(["val_auc", "run_id"], ascending=[False, True])
     return HorizonAnalysis(
         horizon=horizon,
         bests=bests,
-        scaling=scaling_verdict(bests),
+        scaling=scaling,
         consistency=parameter_consistency(frame, horizon, budgets),
         collapse={b: collapse_summary(trials_of(at[at["budget_group"] == b])) for b in budgets},
         baselines=base.drop_duplicates("baseline_model"),

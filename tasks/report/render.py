@@ -49,6 +49,7 @@ def render_markdown(analysis: CampaignAnalysis, source: str = "", figures: dict[
         "complete": int(trials["complete"].sum()),
         "pruned": int((trials["state"] == "pruned").sum()),
         "failed": int((trials["state"] == "failed").sum()),
+        "unverified": int((trials["state"] == "unverified").sum()),
         "incomplete": int((trials["state"] == "incomplete").sum()),
         "baselines": int((runs["run_kind"] == "baseline").sum()),
     }

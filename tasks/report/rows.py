@@ -174,6 +174,36 @@ def seed_lines(h: HorizonAnalysis) -> list[str]:
             f"{abs(p.test.diff):.4f} in seed-mean test AUC." for first, second, p in named
             if p.test is not None and "dominates" in p.seed_note]  # fmt: skip
 
+def dataset_lines(h: HorizonAnalysis) -> list[str]:
+    """Under the verdict: the dataset each compared budget's study was trained on (its pinned
+    fingerprint and record, or "dataset not recorded"), and why no verdict when they differ."""
+    check = h.test.datasets
+    if check is None or not check.studies:
+        return []
+    lines = [f"{budget} ({d.study}): {d.describe()}" for budget, d in check.studies]
+    if check.differ:
+        lines.insert(0, f"No verdict at h{h.horizon}: undetermined: {check.reason}. Fix: compare studies trained on one "
+                        "dataset (re-run a budget on the others' data with `hpo run BUDGET HORIZON --fresh` and its "
+                        "--data/--features/--label/--window)")  # fmt: skip
+    elif check.not_recorded:
+        lines.append(f"dataset not recorded for {', '.join(check.not_recorded)} (legacy-only, or made before datasets were "
+                     "pinned): compared as if on the same data, which the store cannot confirm")  # fmt: skip
+    return lines
+
+
+def study_seed_line(s: StudyAnalysis) -> str:
+    """How the study selected its configuration (`selected_by`) and its seed figures, where its run logged them."""
+    run = s.study_run
+    if run is None:
+        return ""
+    selected_by = run.get("selected_by")
+    figures = [(name, run.get(name)) for name in ("seeds", "seed_mean_val_auc", "seed_sd_val_auc", "seed_mean_test_auc", "seed_sd_test_auc")]
+    shown = [f"{name} {fmt_value(v) if name == 'seeds' else _auc(v)}" for name, v in figures if v is not None and not _missing(v)]
+    if not selected_by and not shown:
+        return ""
+    return f"Selected by: {selected_by or 'not recorded'}" + (f"; {', '.join(shown)}" if shown else "")
+
+
 def fit_sentence(h: HorizonAnalysis) -> str:
     fit = h.test.fit
     if fit is None:
@@ -364,6 +394,7 @@ GLOBALS = dict(
     baseline_rows=baseline_rows, hparam_cells=hparam_cells, gap_cell_rows=gap_cell_rows,
     study_baseline_rows=study_baseline_rows, coverage_headers=coverage_headers, test_selected_rows=test_selected_rows,
     test_pair_rows=test_pair_rows, test_baseline_rows=test_baseline_rows, seed_lines=seed_lines, fit_sentence=fit_sentence, ALPHA=ALPHA,
+    dataset_lines=dataset_lines, study_seed_line=study_seed_line,
     BOOTSTRAP_RESAMPLES=BOOTSTRAP_RESAMPLES,
     COLLAPSE_PRED_RANGE=COLLAPSE_PRED_RANGE, TREND_ALPHA=TREND_ALPHA, MIN_TREND_TRIALS=MIN_TREND_TRIALS, TOP_K=TOP_K,
 )  # fmt: skip

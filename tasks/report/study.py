@@ -19,6 +19,7 @@ over the trials of one study in the runs table (`tasks.report.table`).
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -36,8 +37,16 @@ from models.arch_grid import (
     get_architectures_for_budget,
 )
 from schemas.config import SearchSpace
-from schemas.tracking import ARCH_PARAMS, HPARAMS
-from tasks.report.table import baselines_of, trials_of
+from schemas.tracking import (
+    ARCH_PARAMS,
+    HPARAMS,
+    STATE_UNVERIFIED,
+    TAG_DATASET,
+    TAG_DATASET_FINGERPRINT,
+    TAG_UNVERIFIED_REASON,
+    trial_run_name,
+)
+from tasks.report.table import baselines_of, fmt_value, trials_of
 
 COLLAPSE_PRED_RANGE = 0.05
 TREND_ALPHA = 0.05
@@ -55,6 +64,7 @@ class StudySummary:
     complete: int
     pruned: int
     failed: int
+    unverified: int  # legacy trials their grid contradicts: never complete, never selected
     incomplete: int  # incomplete or still running
     by_source: dict[str, int]
     complete_by_source: dict[str, int]
@@ -65,6 +75,7 @@ class StudySummary:
     std_auc: float
     train_hours: float  # of the complete trials
     failure_kinds: dict[str, int]
+    unverified_trials: tuple[str, ...] = ()  # `20M_h5 #12: <unverified_reason>`, by trial number
 
 
 def summary_statistics(trials: pd.DataFrame) -> StudySummary:
@@ -77,6 +88,7 @@ def summary_statistics(trials: pd.DataFrame) -> StudySummary:
         complete=len(done),
         pruned=int((trials["state"] == "pruned").sum()),
         failed=int((trials["state"] == "failed").sum()),
+        unverified=int((trials["state"] == STATE_UNVERIFIED).sum()),
         incomplete=int(trials["state"].isin(["incomplete", "running"]).sum()),
         by_source=trials["source"].fillna("unknown").value_counts().sort_index().to_dict(),
         complete_by_source=done["source"].fillna("unknown").value_counts().sort_index().to_dict(),
@@ -87,7 +99,15 @@ def summary_statistics(trials: pd.DataFrame) -> StudySummary:
         std_auc=float(auc.std(ddof=1)) if len(auc) > 1 else math.nan,
         train_hours=float(done["train_seconds"].sum() / 3600),
         failure_kinds=_failure_kinds(trials[trials["state"] == "failed"]),
+        unverified_trials=unverified_trials(trials),
     )
+
+
+def unverified_trials(trials: pd.DataFrame) -> tuple[str, ...]:
+    """`STUDY #N: <reason>` per unverified trial (`state=unverified`), by trial number."""
+    found = trials[trials["state"] == STATE_UNVERIFIED].sort_values(["trial_number", "run_id"], na_position="last")
+    return tuple(f"{trial_run_name(t['study'], fmt_value(t['trial_number']))}: {t[TAG_UNVERIFIED_REASON] or 'no reason recorded'}"
+                 for _, t in found.iterrows())  # fmt: skip
 
 
 def _failure_kinds(failed: pd.DataFrame) -> dict[str, int]:
@@ -337,6 +357,48 @@ def gaps(trials: pd.DataFrame, budget: str, search: SearchSpace = SearchSpace())
                 hparam_cov.untried(), hparam_cov.counts.size)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class StudyDataset:
+    """The dataset a study pinned on its run (tags `dataset_fingerprint` and `dataset`); a study
+    without them (legacy-only, or made before datasets were pinned) has `fingerprint` None."""
+
+    study: str
+    fingerprint: str | None
+    record: dict | None  # the `dataset` tag's JSON record; None when absent or unreadable
+
+    @property
+    def recorded(self) -> bool:
+        return self.fingerprint is not None
+
+    def describe(self) -> str:
+        """`fingerprint 3f2a... (file ..., F 25, label ..., window 60, h1, splits ...)`, or "dataset not recorded"."""
+        if not self.recorded:
+            return "dataset not recorded"
+        r = self.record or {}
+        features = r.get("features")
+        count = len(features) if isinstance(features, list) else r.get("num_features")
+        parts = [f"file {r['source']}" if "source" in r else "",
+                 f"F {count}" if count is not None else "",
+                 f"label {r['label']}" if "label" in r else "",
+                 f"window {r['window']}" if "window" in r else "",
+                 f"h{r['horizon']}" if "horizon" in r else "",
+                 ", ".join(f"{k} {v}" for k, v in r["split_dates"].items()) if isinstance(r.get("split_dates"), dict) else ""]
+        parts = [p for p in parts if p]
+        return f"fingerprint {self.fingerprint}" + (f" ({'; '.join(parts)})" if parts else " (no dataset record)")
+
+
+def study_dataset(study: str, study_run: pd.Series | None) -> StudyDataset:
+    """The dataset pinned on `study_run` (None: no study run, so not recorded)."""
+    fingerprint = None if study_run is None else study_run.get(TAG_DATASET_FINGERPRINT)
+    if not isinstance(fingerprint, str) or not fingerprint:
+        return StudyDataset(study, None, None)
+    try:
+        record = json.loads(study_run.get(TAG_DATASET) or "")
+    except ValueError:
+        record = None
+    return StudyDataset(study, fingerprint, record if isinstance(record, dict) else None)
+
+
 @dataclass
 class StudyAnalysis:
     name: str
@@ -354,6 +416,7 @@ class StudyAnalysis:
     extremes: pd.DataFrame
     gaps: Gaps
     baselines: pd.DataFrame
+    dataset: StudyDataset
 
 
 def analyse_study(frame: pd.DataFrame, study: str, search: SearchSpace = SearchSpace()) -> StudyAnalysis:
@@ -362,6 +425,7 @@ def analyse_study(frame: pd.DataFrame, study: str, search: SearchSpace = SearchS
     parent = runs[runs["run_kind"] == "study"]
     first = runs.iloc[0]
     budget = str(first["budget"])
+    study_run = parent.iloc[0] if len(parent) else None
     return StudyAnalysis(
         name=study,
         budget=budget,
@@ -370,7 +434,7 @@ def analyse_study(frame: pd.DataFrame, study: str, search: SearchSpace = SearchS
         version=int(first["study_version"]),
         summary=summary_statistics(trials),
         best=best_trial(trials),
-        study_run=parent.iloc[0] if len(parent) else None,
+        study_run=study_run,
         collapse=collapse_summary(trials),
         importance=parameter_importance(trials),
         trends=[parameter_trend(trials, p) for p in TUNED_PARAMS],
@@ -378,5 +442,6 @@ def analyse_study(frame: pd.DataFrame, study: str, search: SearchSpace = SearchS
         extremes=extreme_table(trials),
         gaps=gaps(trials, budget, search),
         baselines=baselines_of(runs).sort_values("val_auc", ascending=False),
+        dataset=study_dataset(study, study_run),
     )
 

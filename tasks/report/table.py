@@ -3,8 +3,11 @@ study identity filled in, plus the orders the report lists studies and budgets i
 
 - Complete trial: a `run_kind=trial` run tagged `state=complete` (or, untagged, FINISHED) with a
   finite `val_auc`. Every statistic of the report is over complete trials; failed, pruned
-  (`state=pruned`: stopped early by the study's pruner) and incomplete trials are counted, never
-  averaged, so a pruned trial is never in a best-per-budget table. Baselines
+  (`state=pruned`: stopped early by the study's pruner), unverified (`state=unverified`: a legacy
+  trial its grid contradicts, tagged `verified=false` with its `unverified_reason`) and incomplete
+  trials are counted, never averaged, so neither a pruned nor an unverified trial is ever in a
+  best-per-budget table. A trial tagged `verified=false` is unverified whatever its state tag says
+  (FINISHED with a val AUC is not enough). Baselines
   (`run_kind=baseline`) are never trials, nor are the seeds a configuration was trained again with
   (`run_kind=confirm`, `run_kind=retrain`): those are read as seeds of their trial (`budgets.seed_runs`).
 """
@@ -24,9 +27,14 @@ from schemas.tracking import (
     SEED_METRICS,
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
+    STATE_UNVERIFIED,
     TAG_CONFIRM_OF,
+    TAG_DATASET,
+    TAG_DATASET_FINGERPRINT,
     TAG_SEED_INDEX,
     TAG_SELECTED_BY,
+    TAG_UNVERIFIED_REASON,
+    TAG_VERIFIED,
     TRIAL_PARAMS,
     predictions_tag,
 )
@@ -42,7 +50,10 @@ _TEXT = (
     "run_id", "experiment", "run_name", "status", "run_kind", "source", "study", "budget",
     "extreme_type", "state", "failure_reason", "failure_kind", "n_heads_source", "baseline_model", "supplemental_id",
     "retrain_of", TAG_CONFIRM_OF, TAG_BEST_RUN_ID, TAG_SELECTED_BY, *(predictions_tag(split) for split in PREDICTION_SPLITS),
+    TAG_VERIFIED, TAG_UNVERIFIED_REASON, TAG_DATASET_FINGERPRINT, TAG_DATASET,
 )  # fmt: skip
+# Every state a trial row ends with (`state`): complete | failed | pruned | unverified | incomplete.
+STATES: tuple[str, ...] = ("complete", "failed", "pruned", STATE_UNVERIFIED, "incomplete")
 
 
 def _parse_study(name: object) -> tuple[str, str, int, int] | None:
@@ -67,7 +78,8 @@ def _horizon(tagged: object, parsed: tuple[str, str, int, int] | None) -> float:
 def normalise_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Typed columns (numbers as float, text as object), every expected column present, and the
     study identity (`study`, `budget`, `horizon`, `study_version`) filled from the experiment name
-    where a tag is missing; adds `complete` (bool). Idempotent."""
+    where a tag is missing; adds `complete` (bool). A trial without a state tag gets one from its
+    status (FINISHED with a val AUC: complete); one tagged `verified=false` is `unverified`. Idempotent."""
     frame = runs.reset_index(drop=True)
     for column in _NUMERIC + _TEXT + ("horizon", "study_version"):
         if column not in frame.columns:
@@ -91,6 +103,8 @@ def normalise_runs(runs: pd.DataFrame) -> pd.DataFrame:
         np.where(frame["status"].isin(["RUNNING", "SCHEDULED"]), "incomplete", "failed"),
     )
     frame.loc[untagged, "state"] = inferred[untagged.to_numpy()]
+    contradicted = is_trial & (frame[TAG_VERIFIED].astype(str).str.lower() == "false")
+    frame.loc[contradicted, "state"] = STATE_UNVERIFIED
     frame["complete"] = is_trial & (frame["state"] == "complete") & np.isfinite(frame["val_auc"])
     return frame
 

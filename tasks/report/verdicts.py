@@ -14,6 +14,11 @@ horizon's selected runs (from `budgets`) and the test scores read for them in, d
   budget against the best baseline the same way (a second family, Holm-corrected too; a baseline is
   deterministic, its seed variance 0). With one seed a side this is DeLong's paired test exactly,
   and the pair says "seed noise not measured".
+- Pinned datasets: the budgets of one verdict must have been trained on one dataset. When the
+  studies of the selected configurations pinned different dataset fingerprints (study run tag
+  `dataset_fingerprint`), the horizon gets no verdict ("undetermined: budgets trained on different
+  datasets", naming the studies, their fingerprints and what differs). A study without a
+  fingerprint (legacy-only) is not refused alone, but the report says "dataset not recorded".
 - "holds" when every larger budget beats the next smaller one (Holm p < ALPHA); "violated" when
   some smaller budget beats a larger one; "not distinguishable" otherwise; "undetermined" when a
   compared budget has no test predictions, or two of them are on different windows: then the
@@ -34,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from schemas.tracking import predictions_tag
+from tasks.data.dataset import dataset_differences
 from tasks.report.stats import ScalingFit, SeedPairedAUC, holm, scaling_fit, seed_paired_delong
 from tasks.tracking.predictions import Predictions, WindowMismatch
 
@@ -94,6 +100,43 @@ class Paired:
     seed_note: str = ""  # "seed noise not measured", "seed noise dominates (...)", "3 vs 3 seeds"
 
 
+@dataclass(frozen=True)
+class DatasetCheck:
+    """Whether the budgets of a verdict were trained on one dataset: per budget its selected
+    configuration's study and what that study pinned (`study.StudyDataset`)."""
+
+    studies: tuple[tuple[str, object], ...]  # (budget, StudyDataset), in budget order
+    differ: bool
+    reason: str  # "budgets trained on different datasets: ...", or ""
+
+    @property
+    def not_recorded(self) -> list[str]:
+        return [d.study for _, d in self.studies if not d.recorded]
+
+
+def dataset_check(bests: list) -> DatasetCheck:
+    """Compare the datasets pinned by the studies of each budget's selected configuration (the
+    `dataset` of `budgets.BudgetBest`): different fingerprints mean no verdict, and the reason
+    names each study, its fingerprint and what differs from the first budget's dataset."""
+    studies = tuple((b.budget, b.dataset) for b in bests if b.best is not None and b.dataset is not None)
+    recorded = [(budget, d) for budget, d in studies if d.recorded]
+    if len({d.fingerprint for _, d in recorded}) < 2:
+        return DatasetCheck(studies, False, "")
+    first = recorded[0][1]
+    named = ", ".join(f"{d.study} ({budget}) on {d.fingerprint}" for budget, d in recorded)
+    differences = []
+    for _, d in recorded[1:]:
+        if d.fingerprint == first.fingerprint:
+            continue
+        if first.record is None or d.record is None:
+            what = "no dataset record to compare"
+        else:
+            what = "; ".join(dataset_differences(first.record, d.record))
+        differences.append(f"{d.study} vs {first.study}: {what}")
+    reason = f"budgets trained on different datasets: {named} ({'; '.join(differences)})"
+    return DatasetCheck(studies, True, reason)
+
+
 @dataclass
 class HorizonVerdict:
     horizon: int
@@ -106,6 +149,7 @@ class HorizonVerdict:
     fit: ScalingFit | None
     fit_note: str
     missing: list[str] = field(default_factory=list)  # "what: command" lines
+    datasets: DatasetCheck | None = None
 
 
 def _auc(p: Predictions) -> float:
@@ -280,17 +324,23 @@ def horizon_verdict(horizon: int, bests: list, predictions: dict[str, Prediction
     """The horizon's headline verdict on the test split from its `budgets.BudgetBest` rows and
     the test scores read for them (run id -> Predictions, or why they could not be read)."""
     _, base_run = select(bests)
+    datasets = dataset_check(bests)
     selected = [_selected(b.best, b.best["budget_group"], predictions, b.seeds) for b in bests if b.best is not None]
     baseline = None if base_run is None else _selected(base_run, str(base_run["baseline_model"]), predictions, deterministic=True)
     pairs = _family([(large, small) for i, small in enumerate(selected) for large in selected[i + 1:]])
     vs_baseline = [] if baseline is None else _family([(s, baseline) for s in selected])
     fit, fit_note = _fit(selected)
+    if datasets.differ:  # no comparison across datasets: every pair and the curve are undetermined
+        pairs = [Paired(p.a, p.b, None, math.nan, "undetermined", "budgets trained on different datasets") for p in pairs]
+        fit, fit_note = None, "none: budgets trained on different datasets"
     missing = [f"{s.budget}: {s.missing}. Fill: {s.fill}." for s in selected + ([baseline] if baseline else [])
                if s.predictions is None]  # fmt: skip
 
     if len(selected) < 2:
         have = ", ".join(s.budget for s in selected) or "none"
         verdict, reason = "not assessable", f"fewer than two budgets with complete trials ({have})"
+    elif datasets.differ:
+        verdict, reason = "undetermined", datasets.reason
     elif any(p.verdict == "undetermined" for p in pairs):
         lacking = [s.budget for s in selected if s.predictions is None]
         if lacking:
@@ -317,4 +367,4 @@ def horizon_verdict(horizon: int, bests: list, predictions: dict[str, Prediction
                           f"test-window noise allow (Holm p {p.p_holm:.3g})")  # fmt: skip
             else:
                 reason = f"{p.b} and {p.a} differ by {p.test.diff:+.4f} on test, within what the test windows' noise allows (Holm p {p.p_holm:.3g})"
-    return HorizonVerdict(horizon, verdict, reason, selected, pairs, baseline, vs_baseline, fit, fit_note, missing)
+    return HorizonVerdict(horizon, verdict, reason, selected, pairs, baseline, vs_baseline, fit, fit_note, missing, datasets)
