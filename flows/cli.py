@@ -415,8 +415,14 @@ def report(
 ) -> None:
     """Write the cross-budget report from MLflow (Markdown, HTML, figures) and log it as the Prefect `report` flow."""
     from flows.report import report as report_flow
+    from tasks.report.mlflow_io import no_studies
 
-    files = report_flow(stores=build_config(root, tracking_uri=tracking_uri).stores, out=out)
+    stores = build_config(root, tracking_uri=tracking_uri).stores
+    refusal = no_studies(stores)  # before the flow: nothing (store, report run, files, Prefect server) is made
+    if refusal:
+        console.print(refusal, style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    files = report_flow(stores=stores, out=out)
     console.print(f"report: {files.markdown} and {files.html} ({len(files.figures)} figures); MLflow run {files.mlflow_run_id}")
 
 

@@ -1,6 +1,6 @@
 """`report`: the cross-budget report from what MLflow holds, one command away.
 
-query MLflow -> analyse -> read the test scores the verdicts need -> write Markdown, HTML and figures -> log them to MLflow -> show them in
+refuse an empty store (no study: nothing is created) -> query MLflow -> analyse -> read the test scores the verdicts need -> write Markdown, HTML and figures -> log them to MLflow -> show them in
 Prefect (a markdown artifact `cross-budget-report` and a table artifact `best-per-budget`).
 """
 
@@ -18,6 +18,7 @@ from tasks.report.tasks import (
     log_report_task,
     publish_artifacts,
     query_runs_task,
+    refuse_empty_store,
     write_report_task,
 )
 
@@ -27,6 +28,7 @@ def report(stores: StoreConfig = StoreConfig(), out: Path = Path("reports"), sea
            log_to_mlflow: bool = True) -> ReportFiles:  # fmt: skip
     """Write the cross-budget report of every study in MLflow to `out` and publish it."""
     source = stores.mlflow_uri
+    refuse_empty_store(stores)
     runs = query_runs_task(stores)
     analysis = add_test_verdicts(stores, analyse_runs(runs, search))
     files = write_report_task(analysis, out, source)

@@ -87,3 +87,32 @@ def test_cli_report_help_lists_its_options():
     assert result.exit_code == 0
     for option in ("--out", "--root", "--tracking-uri"):
         assert option in result.output
+
+
+def test_cli_report_on_an_empty_store_says_so_and_creates_nothing(tmp_path, stores):
+    """Issue 22, case 6: no store at all, and a store with no study (only the default experiment),
+    are each refused with what to run, exit 1, and no db file, report run or report file made."""
+    from flows.cli import app
+
+    root, out = tmp_path / "nothing" / "mlruns", tmp_path / "nothing" / "reports"
+    result = CliRunner().invoke(app, ["report", "--root", str(root), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.output.split())
+    assert f"no studies in sqlite:///{root.resolve() / 'mlflow.db'}: run a study first (hpo run ...)" in message, message
+    assert "or import legacy logs (hpo recover ... --import-mlflow)" in message
+    assert not (tmp_path / "nothing").exists()
+
+    before = sorted(p.name for p in stores.root.iterdir())
+    result = CliRunner().invoke(app, ["report", "--root", str(stores.root), "--out", str(out)])
+    assert result.exit_code == 1 and "no studies in" in result.output, result.output
+    assert sorted(p.name for p in stores.root.iterdir()) == before and not out.exists()
+    assert mlflow_client(stores).get_experiment_by_name("reports") is None
+
+
+def test_report_flow_refuses_an_empty_store_before_querying(tmp_path):
+    from tasks.report.tasks import NothingToReport, refuse_empty_store
+
+    stores = StoreConfig(root=tmp_path / "mlruns")
+    with pytest.raises(NothingToReport, match="no studies in sqlite:///"):
+        refuse_empty_store.fn(stores)
+    assert not stores.root.exists()

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
 from schemas.config import StoreConfig
@@ -43,9 +44,8 @@ def runs_frame(runs: list[Run], experiment_names: dict[str, str]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def query_runs(stores: StoreConfig) -> pd.DataFrame:
-    """Every run of every experiment but the reports', as a frame (one search over them all)."""
-    client = mlflow_client(stores)
+def _experiments(client: MlflowClient) -> dict[str, str]:
+    """Id -> name of every active experiment but the reports'."""
     experiments, token = [], None
     while True:
         page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
@@ -53,7 +53,32 @@ def query_runs(stores: StoreConfig) -> pd.DataFrame:
         token = page.token
         if not token:
             break
-    names = {e.experiment_id: e.name for e in experiments if e.name != REPORT_EXPERIMENT}
+    return {e.experiment_id: e.name for e in experiments if e.name != REPORT_EXPERIMENT}
+
+
+def no_studies(stores: StoreConfig) -> str:
+    """Why there is nothing to report ("" when some study run exists), found without creating
+    anything: an embedded SQLite store that is not there is not opened (opening makes it), and no
+    folder, experiment or run is made."""
+    uri = stores.mlflow_uri
+    refusal = (f"no studies in {uri}: run a study first (hpo run ...) or import legacy logs "
+               "(hpo recover ... --import-mlflow)")  # fmt: skip
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file() or path.stat().st_size == 0:
+            return refusal
+    client = MlflowClient(tracking_uri=uri)  # not mlflow_client: that one makes the store's folder
+    ids = list(_experiments(client))
+    for kind in ("study", "trial"):  # every trial has a study run; a half-made store may lack it
+        if ids and client.search_runs(ids, f"tags.run_kind = '{kind}'", max_results=1):
+            return ""
+    return refusal
+
+
+def query_runs(stores: StoreConfig) -> pd.DataFrame:
+    """Every run of every experiment but the reports', as a frame (one search over them all)."""
+    client = mlflow_client(stores)
+    names = _experiments(client)
     if not names:
         return pd.DataFrame()
     return runs_frame(search_all_runs(client, list(names)), names)

@@ -18,6 +18,18 @@ MARKDOWN_KEY = "cross-budget-report"
 TABLE_KEY = "best-per-budget"
 
 
+class NothingToReport(ValueError):
+    """The store holds no study: a report would be all FAIL rows (and would create the store)."""
+
+
+@task(cache_policy=NO_CACHE)  # no Prefect retries: a refusal is no outage (MLflow's client retries those)
+def refuse_empty_store(stores: StoreConfig) -> None:
+    """NothingToReport, saying what to run, when MLflow holds no study; nothing is created."""
+    refusal = mlflow_io.no_studies(stores)
+    if refusal:
+        raise NothingToReport(refusal)
+
+
 @task(name="query_runs", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def query_runs_task(stores: StoreConfig) -> pd.DataFrame:
     """Every study, trial and baseline run in MLflow, one row per run."""
