@@ -21,17 +21,18 @@ def _forward_hpo_logger() -> None:
     Without a level of its own the logger inherits the root's WARNING and drops the trial lines."""
     import logging
 
-    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG
+    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG, setup_logging
 
     if "hpo" not in [name.strip() for name in os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"].split(",")]:
         return  # the user chose other extra loggers
     logger = logging.getLogger("hpo")
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
-    if PROCESS_LOGGING_CONFIG:  # Prefect's logging is set up already: add what it would have added
-        for handler in logging.getLogger("prefect.extra").handlers:
-            if all(type(h) is not type(handler) for h in logger.handlers):
-                logger.addHandler(handler)
+    if not PROCESS_LOGGING_CONFIG:
+        setup_logging()  # what importing Prefect does; its settings may predate the default above
+    for handler in logging.getLogger("prefect.extra").handlers:  # what Prefect gives its extra loggers
+        if all(type(h) is not type(handler) for h in logger.handlers):
+            logger.addHandler(handler)
 
 
 _forward_hpo_logger()

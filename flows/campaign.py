@@ -32,7 +32,7 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.hpo import study_flow
+from flows.hpo import publish_outcome, study_flow
 from schemas.config import HpoConfig, StudySpec
 from tasks.study.tasks import read_study_summary_task
 
@@ -71,7 +71,7 @@ def available_devices(config: HpoConfig) -> list[str]:
 def run_lane(specs: list[StudySpec], config: HpoConfig, device: str) -> list[dict]:
     """The studies assigned to one GPU, in order, each its own `study` subflow run."""
     on_device = config.model_copy(update={"train": config.train.model_copy(update={"device": device})})
-    return [study_flow.with_options(flow_run_name=spec.base_name)(spec, on_device) for spec in specs]
+    return [study_flow(spec, on_device) for spec in specs]
 
 
 def run_stage(label: str, names: list[str], config: HpoConfig, dispatch: Dispatch = "threads") -> list[dict]:
@@ -82,7 +82,7 @@ def run_stage(label: str, names: list[str], config: HpoConfig, dispatch: Dispatc
         return run_stage_on_work_pool(specs, config)
     devices = available_devices(config)
     if len(devices) == 1:
-        return [study_flow.with_options(flow_run_name=spec.base_name)(spec, config) for spec in specs]
+        return [study_flow(spec, config) for spec in specs]
     by_name = {spec.name(spec.version or 1): spec for spec in specs}
     lanes = assign_devices(list(by_name), devices)
     # one thread per GPU lane; each sees the campaign's flow run as its subflows' parent
@@ -151,7 +151,14 @@ def resolve_dispatch(dispatch: Dispatch) -> Literal["work-pool", "threads"]:
     return "work-pool"
 
 
-@flow(name="campaign")
+def campaign_run_name() -> str:
+    """`campaign smoke` / `campaign full` (the deployment's name, when run from one)."""
+    from prefect.runtime import deployment, flow_run
+
+    return f"campaign {deployment.name or 'local'}" + (" smoke" if flow_run.parameters.get("smoke") else "")
+
+
+@flow(name="campaign", flow_run_name=campaign_run_name)
 def campaign_flow(
     config: HpoConfig = HpoConfig(),
     smoke: bool = False,
@@ -186,4 +193,8 @@ def campaign_flow(
 
         files = report_flow(stores=config.stores, search=config.search, out=report_dir)
         summaries["report"] = {"markdown": str(files.markdown), "html": str(files.html)} if files else None
+        if files:
+            log.info("report written: %s and %s", files.markdown, files.html)
+    publish_outcome([s for label, stage in summaries.items() if label != "report" and isinstance(stage, list)
+                     for s in stage if "study" in s and "n_trials" in s])
     return summaries

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import asdict
+from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    TableArtifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
 
 from schemas.config import HpoConfig, StudySpec
 from tasks.study import finish, loop, retrain, store, supplemental
-from tasks.study.progress import current_progress, trials_table
+from tasks.study.progress import current_progress, progress_line, trials_table
 from tasks.study.trial import TrialResult, run_trial
+from tasks.tracking.runs import experiment_url
 
 log = logging.getLogger("hpo")
 
@@ -26,55 +36,130 @@ log = logging.getLogger("hpo")
 @task(name="open-study", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def open_study_task(spec: StudySpec, config: HpoConfig) -> str:
     """Create or resume the study; its name (retried: it only talks to the stores)."""
-    return store.open_study(spec, config).name
+    handle = store.open_study(spec, config)
+    counts = handle.counts()
+    log.info("%s: %d/%d trials done, %d running; %s", handle.name, counts["done"], config.study.n_trials, counts["running"], mlflow_link(handle))
+    return handle.name
 
 
 @task(name="trial", cache_policy=NO_CACHE)
 def train_trial_task(study: str, config: HpoConfig, trial_number: int) -> TrialResult:
     """Train one claimed trial in its own process; failures are recorded, not raised."""
-    return run_trial(store.attach_study(study, config), trial_number, current_progress())
+    handle = store.attach_study(study, config)
+    result = run_trial(handle, trial_number, current_progress())
+    log.info("%s #%d %s%s; %s", study, trial_number, result.state,
+             f": val AUC {result.val_auc:.4f}" if result.val_auc is not None else (f" ({result.failure})" if result.failure else ""),
+             mlflow_link(handle, _trial_run_id(handle, trial_number)))
+    return result
+
+
+def _trial_run_id(handle: store.StudyHandle, number: int) -> str | None:
+    trial = handle.storage.get_trial(handle.storage.get_trial_id_from_study_id_trial_number(handle.study._study_id, number))
+    return trial.user_attrs.get(store.ATTR_MLFLOW_RUN)
+
+
+def mlflow_link(handle: store.StudyHandle, run_id: str | None = None) -> str:
+    """The study's runs (or one run) in the MLflow UI of a tracking server; with an embedded store
+    (no UI of its own), the run id and the store, for `mlflow ui` (README, Prefect and MLflow UIs)."""
+    uri = handle.client.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return f"MLflow run {run_id} in {uri}" if run_id else f"MLflow experiment {handle.name} in {uri}"
+    if run_id:
+        return f"MLflow run {uri.rstrip('/')}/#/experiments/{handle.experiment_id}/runs/{run_id}"
+    return f"MLflow runs {experiment_url(uri, handle.experiment_id)}"
 
 
 def run_trials_as_tasks(study: str, config: HpoConfig) -> str | None:
     """The study loop (tasks.study.loop) with each trial as a `trial` task run named `STUDY #N`;
-    the flow run's table artifact `trials-<study>` follows the trials as they finish."""
+    the flow run's artifacts `trials-<study>` (table) and `progress-<study>` follow the trials as
+    they finish, and a progress line (k/n, best so far, ETA) goes to the logs after each."""
+    view = StudyView(study, config)
 
     def execute(number: int) -> TrialResult:
         outcome = train_trial_task.with_options(task_run_name=f"{study} #{number}")(study, config, number)
-        publish_trials_table(study, config)
+        view.publish(log_progress=True)
         return outcome
 
-    publish_trials_table(study, config)
+    view.publish()
     try:
         return loop.run_trials(store.attach_study(study, config), execute)
     finally:
-        publish_trials_table(study, config)
+        view.publish()
 
 
-def trials_artifact_key(study: str) -> str:
+def trials_artifact_key(study: str, kind: str = "trials") -> str:
     """`trials-smoke-20m-h5`: Prefect artifact keys take lowercase letters, digits and dashes."""
-    return "trials-" + re.sub(r"[^a-z0-9-]+", "-", study.lower()).strip("-")
+    return f"{kind}-" + re.sub(r"[^a-z0-9-]+", "-", study.lower()).strip("-")
 
 
-def publish_trials_table(study: str, config: HpoConfig) -> None:
-    """The study's trials (every worker's) as a new version of the table artifact
-    `trials-<study>`, which the Prefect UI shows on the flow run and under Artifacts."""
-    handle = store.attach_study(study, config)
-    trials = [t for t in handle.study.get_trials(deepcopy=False) if t.user_attrs.get(store.ATTR_FAILURE_KIND) != store.SURPLUS]
-    try:
-        create_table_artifact(
-            table=trials_table(trials, handle.grid),
-            key=trials_artifact_key(study),
-            description=f"Trials of study **{study}** on every worker, updated as they finish (val AUC: higher is better).",
-        )
-    except Exception as exc:  # noqa: BLE001 - a view of the study; the study never fails for it
-        log.warning("trials table of %s not published: %s", study, exc)
+class StudyView:
+    """The study as this flow run shows it in Prefect: ONE table artifact `trials-<study>` (every
+    worker's trials) and ONE progress artifact `progress-<study>` (done / n_trials), each created
+    once and then updated in place, so the run's Artifacts tab holds one card of each, current."""
+
+    def __init__(self, study: str, config: HpoConfig):
+        self.study, self.config = study, config
+        self.table_id: UUID | None = None
+        self.progress_id: UUID | None = None
+        self.started, self.done_at_start = time.monotonic(), None
+
+    def publish(self, log_progress: bool = False) -> None:
+        try:
+            self._publish(log_progress)
+        except Exception as exc:  # noqa: BLE001 - a view of the study; the study never fails for it
+            log.warning("trials table of %s not published: %s", self.study, exc)
+
+    def _publish(self, log_progress: bool) -> None:
+        handle = store.attach_study(self.study, self.config)
+        trials = [t for t in handle.study.get_trials(deepcopy=False) if t.user_attrs.get(store.ATTR_FAILURE_KIND) != store.SURPLUS]
+        table, done, n_trials = trials_table(trials, handle.grid), handle.counts()["done"], self.config.study.n_trials
+        if self.done_at_start is None:
+            self.done_at_start = done
+            if done >= n_trials:
+                log.info("%s already complete: %s, nothing to run", self.study, progress_line(self.study, trials, done, n_trials, 0, 0).split(": ", 1)[1])
+        line = progress_line(self.study, trials, done, n_trials, time.monotonic() - self.started, done - self.done_at_start)
+        if log_progress:
+            log.info(line)
+        if not in_a_run():
+            return
+        description = f"Trials of study **{self.study}** on every worker, updated in place as they finish (val AUC: higher is better)."
+        percent = 100.0 * min(done, n_trials) / max(n_trials, 1)
+        if self.table_id is None:
+            self.table_id = create_table_artifact(table=table, key=trials_artifact_key(self.study), description=description)
+            self.progress_id = create_progress_artifact(percent, key=trials_artifact_key(self.study, "progress"), description=line)
+            return
+        with get_client(sync_client=True) as client:
+            client.update_artifact(self.table_id, ArtifactUpdate(data=TableArtifact(table=table).format()))
+        update_progress_artifact(self.progress_id, percent, description=line)
+
+
+def in_a_run() -> bool:
+    """Prefect artifacts belong to a flow or task run; a plain call (a test, `task.fn`) has none."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
 @task(name="finish-study", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def finish_study_task(study: str, config: HpoConfig, stop_reason: str | None = None) -> dict:
     """Evaluate the best trial on test and close the study run, once the study is complete."""
-    return finish.finish_study(store.attach_study(study, config), stop_reason)
+    handle = store.attach_study(study, config)
+    summary = finish.finish_study(handle, stop_reason)
+    log.info(finish_line(summary) + "; " + mlflow_link(handle))
+    return summary
+
+
+def finish_line(summary: dict) -> str:
+    """`smoke-20M_h1_v2 complete: 10/10 trials, best val AUC 0.7760 (#4), test AUC 0.7612, registered
+    model smoke-20M_h1_v2 version 1`, or why the study stopped."""
+    line = f"{summary['study']} {summary.get('state', 'running')}: {summary.get('done', 0)}/{summary['n_trials']} trials"
+    if summary.get("best_val_auc") is not None:
+        line += f", best val AUC {summary['best_val_auc']:.4f} (#{summary['best_trial']})"
+    if summary.get("best_test_auc") is not None:
+        line += f", test AUC {summary['best_test_auc']:.4f}"
+    if summary.get("model_version"):
+        line += f", registered model {summary['study']} version {summary['model_version']}"
+    return line + (f" ({summary['reason']})" if summary.get("reason") else "")
 
 
 @task(name="study-summary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)

@@ -1,0 +1,70 @@
+"""What a user sees in Prefect while studies run: flow runs named after the studies, each trial's
+result line and the study's MLflow link in the run logs, one trials table and one progress card per
+study flow run (updated in place), the parent's outcome card, and a rerun that says it did nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+
+from schemas.config import HpoConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_hpo_logger_reaches_prefect_when_prefect_was_imported_first():
+    """A worker's flow run process imports Prefect before flows/ (`python -m prefect.engine`): the
+    "hpo" logger gets Prefect's API handler and the INFO level all the same."""
+    check = ("import prefect.main, logging; import flows.hpo; logger = logging.getLogger('hpo'); "
+             "print(logger.getEffectiveLevel(), sorted(type(h).__name__ for h in logger.handlers))")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_EXTRA_LOGGERS"}
+    out = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True)
+    level, handlers = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(level) == logging.INFO and "APILogHandler" in handlers, out.stdout + out.stderr
+
+
+def test_a_study_run_shows_its_trials_and_a_rerun_says_it_has_nothing_to_run(smoke_config: HpoConfig, prefect_harness):
+    from flows.hpo import hpo_flow
+
+    config = smoke_config.model_copy(update={"study": smoke_config.study.model_copy(update={"n_trials": 2})})
+    state = hpo_flow(studies=["smoke_h1_v2"], config=config, return_state=True)
+    again = hpo_flow(studies=["smoke_h1_v2"], config=config, return_state=True)
+    (summary,) = state.result()
+    assert summary["state"] == "complete"
+
+    with get_client(sync_client=True) as client:
+        parent = client.read_flow_run(state.state_details.flow_run_id)
+        assert parent.name == "hpo: smoke_h1_v2"
+        (study_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+        assert study_run.name == "smoke_h1_v2"
+        logs = [entry.message for entry in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[study_run.id])))]
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[study_run.id])))
+        outcome = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id])))
+        (rerun_study,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[again.state_details.flow_run_id])))
+        rerun_logs = [e.message for e in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[rerun_study.id])))]
+
+    text = "\n".join(logs)
+    assert "smoke_h1_v2 #0 complete: val AUC 0." in text and "MLflow run" in text, text  # a trial task run's result line
+    assert "Trial 0:" in text  # the trial's start line (the "hpo" logger)
+    assert "smoke_h1_v2: 2/2 trials done, best val AUC" in text
+    assert "smoke_h1_v2 complete: 2/2 trials, best val AUC" in text and "registered model smoke_h1_v2 version 1" in text
+    assert sorted(a.key for a in artifacts) == ["progress-smoke-h1-v2", "trials-smoke-h1-v2"]  # one of each, updated in place
+    table = next(a for a in artifacts if a.key.startswith("trials"))
+    assert '"trial": 1' in table.data and '"state": "complete"' in table.data
+    assert next(a for a in artifacts if a.key.startswith("progress")).data == 100.0
+    assert [a.key for a in outcome] == ["studies"] and "| smoke_h1_v2 | complete | 2/2 |" in outcome[0].data
+    assert any("smoke_h1_v2 already complete: 2/2 trials done, best val AUC" in m and "nothing to run" in m for m in rerun_logs), rerun_logs
