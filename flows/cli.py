@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 if sys.stderr.isatty():
     # On a terminal the live progress display shows each trial and epoch; Prefect's own INFO
@@ -26,6 +26,24 @@ from schemas.names import HORIZONS
 
 app = typer.Typer(help="Hyperparameter-search campaigns across transformer parameter budgets.", no_args_is_help=True)
 console = Console()
+DEBUG = {"on": False}  # --debug: refusals show their traceback and Prefect's own error records
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of refused input (and Prefect's error records)")] = False) -> None:
+    """Hyperparameter-search campaigns across transformer parameter budgets."""
+    DEBUG["on"] = debug
+
+
+def refuse(problem: object, cause: BaseException | None = None) -> NoReturn:
+    """Refused input: one red line naming the problem and the fix, exit 2, nothing written (the
+    callers refuse before any store is touched); with --debug the traceback too."""
+    from tasks.refusals import EXIT_REFUSED
+
+    if DEBUG["on"] and cause is not None:
+        console.print_exception()
+    console.print(str(problem), style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_REFUSED) from cause
 
 # Options left unset defer to --config, then the environment (HPO_ROOT, ...), then the defaults.
 Root = Annotated[Path | None, typer.Option("--root", help="folder of the embedded SQLite stores (default mlruns)")]
@@ -126,8 +144,7 @@ def check_data(config: HpoConfig, horizons: Iterable[int]) -> None:
         try:
             cached_dataset(config.data, horizon, config.stores.cache_dir)
         except DataError as exc:
-            console.print(f"[red]{exc}[/]", soft_wrap=True)
-            raise typer.Exit(1) from exc
+            refuse(exc, exc)
 
 
 @contextmanager
@@ -138,8 +155,7 @@ def refused_data() -> Iterator[None]:
     try:
         yield
     except (DataError, DatasetMismatch) as exc:
-        console.print(f"[red]{exc}[/]", soft_wrap=True)
-        raise typer.Exit(1) from exc
+        refuse(exc, exc)
 
 
 def with_train_options(config: HpoConfig, **options: object) -> HpoConfig:
@@ -252,8 +268,8 @@ def recover(
     for path in expand_inputs(request.inputs):  # a binary file is refused, never echoed line by line
         binary = non_text_reason(path) if path.is_file() else None
         if binary:
-            console.print(f"{path}: {binary}; nothing written: {TEXT_FIX}", style="red", markup=False, soft_wrap=True)
-            raise typer.Exit(2)
+            refuse(f"{path}: {binary}; nothing written: {TEXT_FIX}")
+    _configure_logging()
     report = recover_flow(request)
     # Per experiment: trials, complete (unverified among them: their grid contradicts them), n_heads
     # logged / recovered / unrecoverable, problems, and what the MLflow import did when there was one.
@@ -275,13 +291,10 @@ def recover(
     for problem in report.problems:
         console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
     if strict and report.problems:
-        console.print(f"--strict: {len(report.problems)} problems, nothing written")
-        raise typer.Exit(1)
+        refuse(f"--strict: {len(report.problems)} problems, nothing written")
     if not any(row.trials for row in report.experiments):
-        console.print("nothing recovered: no input gave a trial (see the problems above); give a study's HPO log "
-                      "(named like 2M_h1.log), trial .json or trials .csv file, or --optuna-storage",
-                      style="red", markup=False, soft_wrap=True)
-        raise typer.Exit(1)
+        refuse("nothing recovered: no input gave a trial (see the problems above); give a study's HPO log "
+               "(named like 2M_h1.log), trial .json or trials .csv file, or --optuna-storage")
 
 
 class _StderrHandler(logging.Handler):
@@ -293,6 +306,10 @@ class _StderrHandler(logging.Handler):
 
 
 def _configure_logging() -> None:
+    if not DEBUG["on"]:  # the refusal is printed as one line; its traceback only with --debug
+        from tasks.refusals import hide_refusal_tracebacks
+
+        hide_refusal_tracebacks()
     logger = logging.getLogger("hpo")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
@@ -420,8 +437,8 @@ def report(
     stores = build_config(root, tracking_uri=tracking_uri).stores
     refusal = no_studies(stores)  # before the flow: nothing (store, report run, files, Prefect server) is made
     if refusal:
-        console.print(refusal, style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        refuse(refusal)
+    _configure_logging()
     files = report_flow(stores=stores, out=out)
     console.print(f"report: {files.markdown} and {files.html} ({len(files.figures)} figures); MLflow run {files.mlflow_run_id}")
 
@@ -495,8 +512,7 @@ def supplemental_command(
     try:
         results = supplemental_flow(plan=plan, config=config, smoke=smoke)
     except (LookupError, ValueError) as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
+        refuse(exc, exc)
     _print_supplemental(results)
 
 
@@ -536,8 +552,7 @@ def retrain(
         with refused_data():
             results = retrain_flow(trials=[f"{study} {t}" for t in trials], config=config, seeds=seeds)
     except RetrainRefused as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
+        refuse(exc, exc)
     table = Table(title="re-trained configurations")
     for column in ("study", "trial", "seed", "state", "val_auc", "test_auc", "detail"):
         table.add_column(column)

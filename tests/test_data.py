@@ -214,9 +214,18 @@ def test_missing_values_are_located(tmp_path):
     frame = random_walk_ohlcv(800, seed=0)
     frame.loc[[10, 20], "Close"] = np.nan
     error = load_error(write_csv(frame, tmp_path))
-    assert "2 row(s) have missing values, the first at data row 11" in error.problem
+    assert "2 row(s) have missing values" in error.problem and "the first at data row 11" in error.problem
+    assert "column(s) Close (2, the first at data row 11)" in error.problem
     assert str(frame.loc[10, "Date"].date()) in error.problem
     assert "fill or remove those rows" in error.fix
+
+
+def test_a_na_marker_in_close_names_its_column(tmp_path):
+    """'n/a' is read as a missing value: the message says which column holds it."""
+    frame = random_walk_ohlcv(800, seed=0).astype({"Close": object})
+    frame.loc[50, "Close"] = "n/a"
+    error = load_error(write_csv(frame, tmp_path))
+    assert "column(s) Close (1, the first at data row 51)" in error.problem and "'n/a'" in error.problem
 
 
 def test_unsorted_dates_are_located(tmp_path):

@@ -88,7 +88,7 @@ def test_cli_recovers_what_it_can_and_reports_the_rest(tmp_path: Path, clean_log
 
 def test_cli_strict_exits_non_zero_on_any_problem(tmp_path: Path, clean_log: Path, messy_log: Path) -> None:
     result = _hpo("recover", str(clean_log), str(messy_log), "--out", str(tmp_path / "out"), "--strict")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "--strict: 4 problems, nothing written" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -146,12 +146,12 @@ def test_cli_exits_non_zero_when_nothing_is_recovered(tmp_path: Path, stores) ->
     empty = tmp_path / "2M_h1.log"
     empty.touch()
     result = _hpo("recover", str(empty), "--out", str(tmp_path / "out"), "--import-mlflow", "--root", str(stores.root))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert f"{empty}: empty file; nothing to recover" in result.output
     assert "nothing recovered: no input gave a trial" in result.output and "Traceback" not in result.output
     noise = write_log(tmp_path / "2M_h5.log", [line("nothing but noise"), "Epoch 1/50: 100%\n"])
-    assert _hpo("recover", str(noise), "--out", str(tmp_path / "out")).exit_code == 1
-    assert _hpo("recover", str(empty), str(noise), "--out", str(tmp_path / "out"), "--strict").exit_code == 1
+    assert _hpo("recover", str(noise), "--out", str(tmp_path / "out")).exit_code == 2
+    assert _hpo("recover", str(empty), str(noise), "--out", str(tmp_path / "out"), "--strict").exit_code == 2
 
 
 # --- issue 22, case 7: a contradicted legacy trial becomes the best -------------------------

@@ -163,7 +163,7 @@ def test_the_cli_refuses_bad_input_in_one_line_before_any_store_exists(tmp_path:
     root = tmp_path / "mlruns"
     result = CliRunner().invoke(app, ["run", "smoke", "h5", "--root", str(root), "--data", str(path),
                                       "--features", ",".join(FEATURES), "--label", LABEL])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "feature column(s) f02 not found" in result.output and "Fix:" in result.output
     assert written(root) == []
 

@@ -96,7 +96,7 @@ def test_cli_report_on_an_empty_store_says_so_and_creates_nothing(tmp_path, stor
 
     root, out = tmp_path / "nothing" / "mlruns", tmp_path / "nothing" / "reports"
     result = CliRunner().invoke(app, ["report", "--root", str(root), "--out", str(out)])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     message = " ".join(result.output.split())
     assert f"no studies in sqlite:///{root.resolve() / 'mlflow.db'}: run a study first (hpo run ...)" in message, message
     assert "or import legacy logs (hpo recover ... --import-mlflow)" in message
@@ -104,7 +104,7 @@ def test_cli_report_on_an_empty_store_says_so_and_creates_nothing(tmp_path, stor
 
     before = sorted(p.name for p in stores.root.iterdir())
     result = CliRunner().invoke(app, ["report", "--root", str(stores.root), "--out", str(out)])
-    assert result.exit_code == 1 and "no studies in" in result.output, result.output
+    assert result.exit_code == 2 and "no studies in" in result.output, result.output
     assert sorted(p.name for p in stores.root.iterdir()) == before and not out.exists()
     assert mlflow_client(stores).get_experiment_by_name("reports") is None
 

@@ -101,11 +101,18 @@ def validate_panel(frame: pd.DataFrame, source: str, min_rows: int) -> pd.DataFr
     values = frame[list(REQUIRED_COLUMNS[1:])]
     nan_rows = values.isna().any(axis=1)
     if nan_rows.any():
+        # The readers turn empty cells and NA markers ('n/a', 'NA', 'null', ...) into NaN, so the
+        # cell's text is gone by now: name each column and its first row instead.
+        per_column = values.isna().sum()
+        columns = ", ".join(
+            f"{column} ({int(n)}, the first at data row {values[column].isna().idxmax() + 1})"
+            for column, n in per_column.items() if n
+        )
         first = nan_rows.idxmax()
         raise DataError(
             source,
-            f"{int(nan_rows.sum())} row(s) have missing values, the first at data row {first + 1} "
-            f"(Date {frame.loc[first, 'Date'].date()})",
+            f"{int(nan_rows.sum())} row(s) have missing values (empty cells or NA markers such as 'n/a') in "
+            f"column(s) {columns}; the first at data row {first + 1} (Date {frame.loc[first, 'Date'].date()})",
             "fill or remove those rows before training",
         )
     prices = frame[["Open", "High", "Low", "Close"]]

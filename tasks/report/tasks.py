@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import SearchSpace, StoreConfig
+from tasks.refusals import retry_unless_refused
 from tasks.report import analysis, mlflow_io, render, rows
 
 MARKDOWN_KEY = "cross-budget-report"
@@ -30,7 +31,7 @@ def refuse_empty_store(stores: StoreConfig) -> None:
         raise NothingToReport(refusal)
 
 
-@task(name="query_runs", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="query_runs", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_refused, cache_policy=NO_CACHE)
 def query_runs_task(stores: StoreConfig) -> pd.DataFrame:
     """Every study, trial and baseline run in MLflow, one row per run."""
     return mlflow_io.query_runs(stores)
@@ -42,7 +43,7 @@ def analyse_runs(runs: pd.DataFrame, search: SearchSpace) -> analysis.CampaignAn
     return analysis.analyse_campaign(runs, search)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_refused, cache_policy=NO_CACHE)
 def add_test_verdicts(stores: StoreConfig, result: analysis.CampaignAnalysis) -> analysis.CampaignAnalysis:
     """Each horizon's test verdict, from the selected runs' logged test scores (only those are read)."""
     return analysis.with_predictions(result, mlflow_io.load_predictions(stores, result))
@@ -54,7 +55,7 @@ def write_report_task(result: analysis.CampaignAnalysis, out: Path, source: str)
     return render.write_report(result, out, source)
 
 
-@task(name="log_report", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="log_report", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_refused, cache_policy=NO_CACHE)
 def log_report_task(stores: StoreConfig, files: render.ReportFiles) -> str:
     """The report's files as artifacts of a run in the MLflow experiment `reports`."""
     return mlflow_io.log_report(stores, files.out)

@@ -25,6 +25,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
 from schemas.config import HpoConfig, StudySpec
+from tasks.refusals import retry_unless_refused
 from tasks.study import finish, loop, retrain, store, supplemental
 from tasks.study.progress import current_progress, progress_line, trials_table
 from tasks.study.trial import TrialResult, run_trial
@@ -33,7 +34,7 @@ from tasks.tracking.runs import experiment_url
 log = logging.getLogger("hpo")
 
 
-@task(name="open-study", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="open-study", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_refused)
 def open_study_task(spec: StudySpec, config: HpoConfig) -> str:
     """Create or resume the study; its name (retried: it only talks to the stores)."""
     handle = store.open_study(spec, config)
@@ -140,7 +141,7 @@ def in_a_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-@task(name="finish-study", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="finish-study", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_refused)
 def finish_study_task(study: str, config: HpoConfig, stop_reason: str | None = None) -> dict:
     """Evaluate the best trial on test and close the study run, once the study is complete."""
     handle = store.attach_study(study, config)
@@ -162,7 +163,7 @@ def finish_line(summary: dict) -> str:
     return line + (f" ({summary['reason']})" if summary.get("reason") else "")
 
 
-@task(name="study-summary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="study-summary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_refused)
 def read_study_summary_task(study: str, config: HpoConfig) -> dict:
     """A study's outcome as the stores hold it (read only): what a worker elsewhere left."""
     return finish.study_summary(store.attach_study(study, config))

@@ -1,0 +1,67 @@
+"""Refused input is one line and exit 2, never retried by Prefect, never buried under tracebacks
+(issue 22, case 5); a failure a retry can cure is still retried."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, task
+
+from tasks.refusals import retry_unless_refused
+from tasks.study.patience import StoreUnavailable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _calls_until_given_up(error: BaseException) -> int:
+    calls = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_unless_refused)
+    def flaky() -> None:
+        calls.append(1)
+        raise error
+
+    @flow
+    def run() -> None:
+        flaky()
+
+    run(return_state=True)
+    return len(calls)
+
+
+def test_refused_input_is_not_retried_and_an_outage_is(prefect_harness):
+    from tasks.data.dataset import DataError
+
+    assert _calls_until_given_up(DataError("ten.csv", "ticker ten: 10 rows, too few", "give at least 300 rows")) == 1
+    assert _calls_until_given_up(LookupError("no study 2M_h9")) == 1
+    assert _calls_until_given_up(StoreUnavailable("optuna unreachable for 900 s")) == 1  # the budget was the retry
+    assert _calls_until_given_up(ConnectionError("connection refused")) == 3
+
+
+def _hpo(*args: str, root: Path) -> subprocess.CompletedProcess:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HPO_ROOT": str(root)}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_refusal_inside_a_flow_is_one_line_exit_2_and_debug_shows_the_traceback(tmp_path: Path, prefect_harness):
+    quiet = _hpo("retrain", "smoke_h1", "99", root=tmp_path / "mlruns")
+    out = quiet.stdout + quiet.stderr
+    assert quiet.returncode == 2, out
+    assert "no MLflow experiment 'smoke_h1'" in out
+    assert "Traceback" not in out and "Retry" not in out, out
+    loud = _hpo("--debug", "retrain", "smoke_h1", "99", root=tmp_path / "mlruns")
+    assert loud.returncode == 2 and "Traceback" in loud.stdout + loud.stderr
+
+
+def test_bad_data_is_exit_2_before_any_store(tmp_path: Path, prefect_harness):
+    path = tmp_path / "fake.parquet"
+    path.write_text("hello")
+    result = _hpo("run", "smoke", "h1", "--smoke", "--data", str(path), root=tmp_path / "mlruns")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "fake.parquet: cannot be read" in result.stdout and "Fix:" in result.stdout
+    assert not (tmp_path / "mlruns").exists()
