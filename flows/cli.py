@@ -269,7 +269,7 @@ def recover(
         binary = non_text_reason(path) if path.is_file() else None
         if binary:
             refuse(f"{path}: {binary}; nothing written: {TEXT_FIX}")
-    _configure_logging()
+    _before_flows()
     report = recover_flow(request)
     # Per experiment: trials, complete (unverified among them: their grid contradicts them), n_heads
     # logged / recovered / unrecoverable, problems, and what the MLflow import did when there was one.
@@ -305,11 +305,16 @@ class _StderrHandler(logging.Handler):
         sys.stderr.write(self.format(record) + "\n")
 
 
-def _configure_logging() -> None:
+def _before_flows() -> None:
+    """Before a command runs its flows: the terminal's log lines, and the temporary Prefect server
+    (when no PREFECT_API_URL is set) started out of the terminal's Ctrl-C (flows.temporary_server)."""
+    from flows.temporary_server import detach_temporary_server
+
     if not DEBUG["on"]:  # the refusal is printed as one line; its traceback only with --debug
         from tasks.refusals import hide_refusal_tracebacks
 
         hide_refusal_tracebacks()
+    detach_temporary_server()
     logger = logging.getLogger("hpo")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
@@ -360,7 +365,7 @@ def run(
     # flow resumes the new study instead of starting yet another one.
     opened = optuna_storage(config.stores, config)
     names = [resolve_study_name(spec, opened)[0] for spec in specs]
-    _configure_logging()
+    _before_flows()
     console.print(f"studies: {', '.join(names)}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
     with live_progress(config.train.max_epochs, console), refused_data():
         summaries = hpo_flow(studies=names, config=config)
@@ -438,7 +443,7 @@ def report(
     refusal = no_studies(stores)  # before the flow: nothing (store, report run, files, Prefect server) is made
     if refusal:
         refuse(refusal)
-    _configure_logging()
+    _before_flows()
     files = report_flow(stores=stores, out=out)
     console.print(f"report: {files.markdown} and {files.html} ({len(files.figures)} figures); MLflow run {files.mlflow_run_id}")
 
@@ -472,7 +477,7 @@ def campaign(
     config = build_config(root, data, storage, tracking_uri, config_file, features=features, label=label, n_trials=trials, slots=slots,
                           pruner=pruner, arch_space=arch_space)
     check_data(config.smoke() if smoke else config, HORIZONS)
-    _configure_logging()
+    _before_flows()
     console.print(f"campaign{' (smoke)' if smoke else ''}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
     with live_progress(config.smoke().train.max_epochs if smoke else config.train.max_epochs, console), refused_data():
         result = campaign_flow(
@@ -508,7 +513,7 @@ def supplemental_command(
     from flows.supplemental import supplemental_flow
 
     config = build_config(root, data, None, tracking_uri, config_file, features=features, label=label)
-    _configure_logging()
+    _before_flows()
     try:
         results = supplemental_flow(plan=plan, config=config, smoke=smoke)
     except (LookupError, ValueError) as exc:
@@ -547,7 +552,7 @@ def retrain(
 
     base = build_config(root, data, None, tracking_uri, config_file, features=features, label=label)
     config = with_train_options(base, device=device, max_epochs=max_epochs)
-    _configure_logging()
+    _before_flows()
     try:
         with refused_data():
             results = retrain_flow(trials=[f"{study} {t}" for t in trials], config=config, seeds=seeds)

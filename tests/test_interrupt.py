@@ -77,3 +77,73 @@ def test_ctrl_c_puts_the_running_trial_back_in_the_queue_and_a_rerun_completes(s
     done = optuna.load_study(study_name="smoke_h1", storage=config.stores.optuna_url).trials
     extremes = {t.user_attrs.get(ATTR_EXTREME) for t in done if t.state == TrialState.COMPLETE}
     assert len(extremes - {None}) == 6
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The live child processes of `pid` and their command lines (from /proc)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                children[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue  # it exited while being read
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_hpo_with_its_temporary_server(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """`hpo run smoke h1 --smoke` with no PREFECT_API_URL, in a session of its own as a terminal
+    would start it; returns it and its temporary server's pid once a trial is training."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["HPO_ROOT"] = str(tmp_path / "mlruns")
+    hpo = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "smoke", "h1", "--smoke", "--trials", "3"], cwd=REPO,
+                           env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while True:
+        children = _children(hpo.pid)
+        servers = [pid for pid, cmd in children.items() if "uvicorn" in cmd]
+        if servers and any("trial_worker" in cmd for cmd in children.values()):
+            return hpo, servers[0]
+        assert hpo.poll() is None and time.monotonic() < deadline, hpo.communicate()[0][-3000:]
+        time.sleep(0.5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_in_a_terminal_leaves_the_temporary_prefect_server_running_until_hpo_stops_it(tmp_path: Path):
+    """Before: the terminal's SIGINT killed the temporary server too and hpo stopped its trial blind
+    ('Unable to connect', 'Error logging to API'). Now the server is out of the terminal's group,
+    serves the graceful stop, and exits with hpo."""
+    hpo, server = _start_hpo_with_its_temporary_server(tmp_path)
+    assert os.getpgid(server) != os.getpgid(hpo.pid)
+    os.killpg(hpo.pid, signal.SIGINT)  # the terminal's Ctrl-C: the foreground group
+    time.sleep(1)
+    assert _alive(server)  # the Ctrl-C did not reach it
+    output = hpo.communicate(timeout=120)[0]
+    assert hpo.returncode == 0, output[-3000:]
+    assert "smoke_h1 stopped" in output and "Unable to connect" not in output and "Error logging to API" not in output, output[-3000:]
+    deadline = time.monotonic() + 15
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server), "the temporary server outlived hpo"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl death signal")
+def test_a_killed_hpo_takes_its_temporary_prefect_server_with_it(tmp_path: Path):
+    hpo, server = _start_hpo_with_its_temporary_server(tmp_path)
+    hpo.kill()  # SIGKILL: no atexit, no cleanup
+    hpo.communicate(timeout=60)
+    deadline = time.monotonic() + 15
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server), "an orphaned temporary server kept listening"
