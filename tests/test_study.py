@@ -69,6 +69,8 @@ def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoCo
 
     assert summaries[0]["state"] == "complete" and summaries[0]["complete"] == 8
     assert 0.0 <= summaries[0]["best_test_auc"] <= 1.0
+    # optuna-dashboard labels the objective with this name, not "Objective 0"
+    assert optuna.load_study(study_name="smoke_h1", storage=smoke_config.stores.optuna_url).metric_names == ["val_auc"]
     runs = trial_runs(smoke_config.stores, "smoke_h1")
     assert len(runs) == 8
     grid = get_architectures_for_budget("smoke")

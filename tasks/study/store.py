@@ -72,6 +72,9 @@ class StudyStopped(RuntimeError):
 
 
 
+OBJECTIVE_NAME = "val_auc"  # the study's objective: the best epoch's validation ROC AUC
+
+
 def optuna_storage(stores: StoreConfig, study: HpoConfig | None = None, client: MlflowClient | None = None) -> RDBStorage:
     """The study storage with heartbeats; stale trials are failed in MLflow too, then retried."""
     cfg = (study or HpoConfig()).study
@@ -204,6 +207,8 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
     experiment_id = get_or_create_experiment(client, name, config.stores.artifact_root)
 
     if created:
+        # optuna-dashboard and trials_dataframe() name the objective after this, not "Objective 0"
+        study.set_metric_names([OBJECTIVE_NAME])
         grid_version = config.study.grid_version
         attrs = {"budget": spec.budget, "horizon": spec.horizon, "version": version, "grid_version": grid_version,
                  space.ATTR_ARCH_SPACE: config.study.arch_space, ATTR_PRUNER: config.study.pruner}
