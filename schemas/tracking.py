@@ -129,6 +129,15 @@ TAG_SEED_INDEX = "seed_index"
 TAG_SELECTED_BY = "selected_by"
 # The study run's figures of the selected configuration over its seeds (the trial is one of them).
 SEED_METRICS: tuple[str, ...] = ("seeds", "seed_mean_val_auc", "seed_sd_val_auc", "seed_mean_test_auc", "seed_sd_test_auc")
+# A trial enqueued with the configuration the finished studies of smaller budgets predict
+# (tasks.study.warm_start): tag warm_start=transfer (also its Optuna user attr), the prediction and
+# its band as params warm_start_<param>, warm_start_<param>_low/_high, warm_start_sources.
+TAG_WARM_START = "warm_start"
+WARM_START_TRANSFER = "transfer"
+# On the study run: the training split's windows and the unique (ticker, day) rows they read (the
+# report's data regime: windows and ticker-days per parameter).
+PARAM_TRAIN_WINDOWS = "train_windows"
+PARAM_TRAIN_TICKER_DAYS = "train_ticker_days"
 # On the study run.
 TAG_STUDY_STATE = "study_state"  # running | stopped | complete | evaluation_failed
 TAG_BEST_TRIAL = "best_trial"

@@ -28,6 +28,7 @@ PURE = (
     "tasks/report/figures.py",
     "tasks/report/stats.py",
     "tasks/report/verdicts.py",
+    "tasks/report/hparam_scaling.py",
     "tasks/legacy/grammar.py",
     "tasks/legacy/heads.py",
     "tasks/legacy/records.py",

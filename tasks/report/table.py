@@ -23,6 +23,8 @@ from models.arch_grid import BUDGETS
 from schemas.config import StudySpec
 from schemas.names import horizon_or_none
 from schemas.tracking import (
+    PARAM_TRAIN_TICKER_DAYS,
+    PARAM_TRAIN_WINDOWS,
     PREDICTION_SPLITS,
     SEED_METRICS,
     TAG_BEST_RUN_ID,
@@ -33,7 +35,9 @@ from schemas.tracking import (
     TAG_DATASET_FINGERPRINT,
     TAG_SEED_INDEX,
     TAG_SELECTED_BY,
+    TAG_STUDY_STATE,
     TAG_UNVERIFIED_REASON,
+    TAG_WARM_START,
     TAG_VERIFIED,
     TRIAL_PARAMS,
     predictions_tag,
@@ -45,12 +49,13 @@ _NUMERIC = tuple(p for p in TRIAL_PARAMS if p not in ("budget", "horizon")) + (
     "best_val_auc", "best_test_auc", "n_complete", "n_failed", "n_pruned",
     "val_n_pos", "val_n_neg", "test_n_pos", "test_n_neg",
     "trial_number", "retry_of", TAG_SEED_INDEX, TAG_BEST_TRIAL, *SEED_METRICS,
+    PARAM_TRAIN_WINDOWS, PARAM_TRAIN_TICKER_DAYS,
 )  # fmt: skip
 _TEXT = (
     "run_id", "experiment", "run_name", "status", "run_kind", "source", "study", "budget",
     "extreme_type", "state", "failure_reason", "failure_kind", "n_heads_source", "baseline_model", "supplemental_id",
     "retrain_of", TAG_CONFIRM_OF, TAG_BEST_RUN_ID, TAG_SELECTED_BY, *(predictions_tag(split) for split in PREDICTION_SPLITS),
-    TAG_VERIFIED, TAG_UNVERIFIED_REASON, TAG_DATASET_FINGERPRINT, TAG_DATASET,
+    TAG_VERIFIED, TAG_UNVERIFIED_REASON, TAG_DATASET_FINGERPRINT, TAG_DATASET, TAG_STUDY_STATE, TAG_WARM_START,
 )  # fmt: skip
 # Every state a trial row ends with (`state`): complete | failed | pruned | unverified | incomplete.
 STATES: tuple[str, ...] = ("complete", "failed", "pruned", STATE_UNVERIFIED, "incomplete")
