@@ -1,4 +1,4 @@
-"""What both bench scripts share: the data, the device's description, timing and FLOP arithmetic."""
+"""What both bench scripts share: the data, the device's description, timing; FLOPs and peaks come from models.flops."""
 
 from __future__ import annotations
 
@@ -12,21 +12,12 @@ from pathlib import Path
 
 import torch
 
-from models.arch_grid import Architecture, count_parameters, forced_extremes
+from models.arch_grid import Architecture, forced_extremes
+from models.flops import flops_per_window, peak_tflops_of
 from schemas.config import DataConfig
 from tasks.data.dataset import PreparedData, cached_dataset
 
 CACHE_DIR = Path("mlruns/cache")
-
-# Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets, matched in this order against
-# torch.cuda.get_device_name(); --peak-tflops overrides. Sparse figures are twice these.
-BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.0),  # SXM5 ("NVIDIA H100 80GB HBM3")
-    ("H200", 989.0),
-    ("A100", 312.0),
-)
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -34,21 +25,11 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
         return override
     if device.type != "cuda":
         return None  # no agreed CPU peak: MFU is reported on CUDA only
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in name), None)
+    return peak_tflops_of(torch.cuda.get_device_name(device))
 
 
-def flops_per_sample(arch: Architecture, window: int, num_features: int = 25) -> int:
-    """Training FLOPs of one window, nanoGPT's estimate_mfu per token times the window.
-
-    6N + 12 L d T per token (T = window): 6N for the forward and backward matmuls over the
-    parameters, 12 L d T for attention's scores and weighted sum. N = count_parameters(arch),
-    every trainable parameter: this model has no embedding table (nanoGPT's exclusion) and its
-    positions are a fixed buffer. N includes the head, applied once per window after pooling,
-    and the LayerNorms, which do no matmul; both are < 0.1% of N.
-    """
-    n = count_parameters(arch.d_model, arch.n_layers, arch.d_ff, num_features)
-    return window * (6 * n + 12 * arch.n_layers * arch.d_model * window)
+# Training FLOPs of one window: models.flops.flops_per_window, the one count (`hpo plan` uses it too).
+flops_per_sample = flops_per_window
 
 
 def load_data(horizon: int = 1, window: int = 60) -> PreparedData:
