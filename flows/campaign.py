@@ -34,6 +34,7 @@ from prefect import flow
 
 from flows.hpo import publish_outcome, study_flow
 from schemas.config import HpoConfig, StudySpec
+from tasks.plan.tasks import publish_plan_task
 from tasks.study.tasks import read_study_summary_task
 
 log = logging.getLogger("hpo")
@@ -151,6 +152,17 @@ def resolve_dispatch(dispatch: Dispatch) -> Literal["work-pool", "threads"]:
     return "work-pool"
 
 
+def publish_plan(config: HpoConfig, stages: list[tuple[str, list[str]]], mode: str) -> None:
+    """The cost forecast of the campaign's studies (`hpo plan`) as the `plan` artifact, before they
+    run; a view, so the campaign goes on without it. Wall time for the GPUs this flow run sees
+    (threads) or for one (work pool: its workers are not counted)."""
+    gpus = len(available_devices(config)) if mode == "threads" else 1
+    try:
+        publish_plan_task(config, stages, gpus)
+    except Exception as exc:  # noqa: BLE001 - a view; the campaign's result stands without it
+        log.warning("plan artifact not published: %s", exc)
+
+
 def campaign_run_name() -> str:
     """`campaign smoke` / `campaign full` (the deployment's name, when run from one)."""
     from prefect.runtime import deployment, flow_run
@@ -174,6 +186,7 @@ def campaign_flow(
     if smoke:
         config = config.smoke()
     mode = resolve_dispatch(dispatch)
+    publish_plan(config, campaign_stages(rerun_20m_h5), mode)
     summaries: dict[str, list[dict]] = {}
     for label, names in campaign_stages(rerun_20m_h5):
         try:

@@ -498,6 +498,64 @@ def campaign(
     _print_mlflow_links(config, studies)
 
 
+@app.command()
+def plan(
+    budget: Annotated[str | None, typer.Argument(help="one budget (smoke, 2M, 20M, 200M, 2B); default: every study of the campaign")] = None,
+    horizons: Annotated[list[str] | None, typer.Argument(help="with a budget: h1 h3 h5 (default all three)")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", min=1, help="GPUs for the wall time (one trial per GPU at a time)")] = 1,
+    tflops: Annotated[float | None, typer.Option("--tflops", help="declared peak TFLOP/s of a GPU, used where no trial "
+                      "was measured (default: the bf16 peak of --device's name, else 989, the H100's)")] = None,
+    mfu: Annotated[float | None, typer.Option("--mfu", help="declared model FLOPs utilisation, 0..1 (default 0.3, an assumption)")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="measured trials of this device only, by part of its "
+                      "name (H200); default: the device with the most finished trials of each budget")] = None,
+    smoke: Smoke = False,
+    rerun_20m_h5: Annotated[bool, typer.Option("--rerun-20m-h5", help="the campaign with 20M_h5 re-run (v2)")] = False,
+    trials: Annotated[int | None, typer.Option("--trials", help="trials per study (default 50)")] = None,
+    root: Root = None,
+    tracking_uri: TrackingUri = None,
+    data: DataSource = None,
+    features: Features = None,
+    label: Label = None,
+    config_file: ConfigFile = None,
+) -> None:
+    """Forecast the cost of the campaign's studies (or one budget's): FLOPs per trial, GPU-hours,
+    wall time with --gpus, and whether each throughput was measured (MLflow) or declared."""
+    from models.arch_grid import check_budget
+    from schemas.names import parse_horizon
+    from tasks.plan.forecast import COLUMNS, plan_notes, plan_rows
+    from tasks.plan.sources import gather_plan
+
+    if tflops is not None and tflops <= 0:
+        refuse(f"--tflops {tflops:g}: give a GPU's peak in TFLOP/s, e.g. 989 for an H100")
+    if mfu is not None and not 0 < mfu <= 1:
+        refuse(f"--mfu {mfu:g}: give a fraction of the peak in (0, 1], e.g. 0.3")
+    config = build_config(root, data, None, tracking_uri, config_file, features=features, label=label, n_trials=trials)
+    if smoke:
+        config = config.smoke()
+    if budget is None:
+        from flows.campaign import campaign_stages
+
+        stages = [(stage, [StudySpec.parse(name) for name in names]) for stage, names in campaign_stages(rerun_20m_h5)]
+    else:
+        try:  # an unknown budget or horizon: one line naming it and the choices
+            stages = [(check_budget(budget), [StudySpec(budget=budget, horizon=parse_horizon(h)) for h in horizons or HORIZONS])]
+        except ValueError as exc:
+            refuse(exc, exc)
+    if smoke:
+        stages = [(stage, [spec.as_smoke() for spec in specs]) for stage, specs in stages]
+    with refused_data():
+        forecast = gather_plan(config, stages, gpus=gpus, campaign=budget is None, tflops=tflops, mfu=mfu, device=device)
+    columns = COLUMNS if forecast.campaign else COLUMNS[1:]
+    table = Table(title=f"cost forecast{' (smoke)' if smoke else ''}", title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in plan_rows(forecast):
+        table.add_row(*(row[c] for c in columns))
+    console.print(table)
+    for note in plan_notes(forecast):
+        console.print(f"  {note}", markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command(name="supplemental")
 def supplemental_command(
     plan: Annotated[str, typer.Argument(help="2M-L64 or 20M-h5-L160-180")],

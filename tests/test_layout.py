@@ -38,6 +38,7 @@ PURE = (
     "tasks/legacy/reconcile.py",
     "tasks/training/trainer.py",
     "tasks/training/batch_size.py",
+    "tasks/plan/forecast.py",
 )
 
 
