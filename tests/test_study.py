@@ -82,7 +82,10 @@ def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoCo
         assert int(run.data.params["params"]) == arch.params
         assert {"val_auc", "pred_range", "recall", "epochs", "train_seconds", "samples_per_s"} <= set(run.data.metrics)
         assert run.data.tags[T.TAG_STATE] == "complete" and run.data.tags[T.TAG_SOURCE] == "hpo"
-        assert run.info.run_name == f"smoke_h1 #{run.data.tags[T.TAG_TRIAL_NUMBER]}"
+        # the MLflow UI cuts run names at ~20 characters: number and architecture come first
+        p = run.data.params
+        assert run.info.run_name.startswith(f"#{run.data.tags[T.TAG_TRIAL_NUMBER]} d{arch.d_model} L{arch.n_layers} h{arch.n_heads} ")
+        assert f"lr{float(p['learning_rate']):.0e}".replace("e-0", "e-") in run.info.run_name
     for run in runs:  # where each trial's wall time went: every phase, adding up to the trial
         split = {k: v for k, v in run.data.metrics.items() if k.startswith("time/")}
         assert set(split) == set(T.TIME_METRICS) and min(split.values()) >= 0
@@ -96,8 +99,14 @@ def test_study_flow_tracks_every_trial_with_its_architecture(smoke_config: HpoCo
         assert int(run.data.params["arch_idx"]) == arch.arch_idx
     assert {by_number[n].data.tags[T.TAG_EXTREME_TYPE] for n in (6, 7)} == {"none"}
     client = MlflowClient(smoke_config.stores.mlflow_uri)
-    history = client.get_metric_history(by_number[0].info.run_id, "val/auc")
+    history = client.get_metric_history(by_number[0].info.run_id, "epoch/val_auc")  # the curve; val_auc is the best epoch's
     assert [m.step for m in history] == [1]
+    assert "val/auc" not in by_number[0].data.metrics
+    baselines = client.search_runs([by_number[0].info.experiment_id], f"tags.{T.TAG_RUN_KIND} = 'baseline'")
+    assert baselines and all(b.info.run_name.startswith("baseline ") for b in baselines)
+    # the experiment's saved view (the MLflow UI's shared view) lists the trials flat, best first
+    experiment = client.get_experiment(by_number[0].info.experiment_id)
+    assert json.loads(experiment.tags[T.TAG_SHARED_VIEW])["orderByKey"] == "metrics.`val_auc`"
 
     # The study run holds the best trial's test AUC; its model is a version of the registered
     # model named after the study, tagged with its AUCs and grid entry.
@@ -372,7 +381,7 @@ def test_pruning_stops_bad_trials_never_extremes_and_keeps_counts_on_resume(smok
         run = client.get_run(trials[number].user_attrs["mlflow_run_id"])
         assert run.info.status == "KILLED" and run.data.tags[T.TAG_STATE] == "pruned"
         assert run.data.tags[T.TAG_LAST_EPOCH] == "1" and "val_auc" not in run.data.metrics
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/auc")] == [1]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_auc")] == [1]
         assert not (handle.checkpoint_dir / f"trial_{number}.pt").exists()
     parent = client.get_run(trials[6].user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
     assert client.get_run(parent).data.metrics["n_pruned"] == 2

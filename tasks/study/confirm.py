@@ -134,7 +134,7 @@ def _train_seed(handle: StudyHandle, claims: Claims, key: str, trial: FrozenTria
     )
     target = RunTarget(
         experiment_id=handle.experiment_id, parent_run_id=handle.parent_run_id, study=handle.name, run_kind="confirm",
-        source="hpo", name=f"{T.trial_run_name(handle.name, trial.number)} seed {index}",
+        source="hpo", name=T.trial_run_label(trial.number, claim.arch, claim.hparams, suffix=f" seed {index}"),
         tags={T.TAG_CONFIRM_OF: trial_run_id, T.TAG_SEED_INDEX: index, T.TAG_TRIAL_NUMBER: trial.number,
               T.TAG_STUDY_VERSION: handle.version, T.TAG_BUDGET: handle.spec.budget, T.TAG_HORIZON: handle.spec.horizon},
         params=trial_params(handle.spec.budget, handle.spec.horizon, handle.grid_version, claim.arch, claim.hparams,

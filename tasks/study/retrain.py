@@ -138,7 +138,7 @@ def retrain(config: HpoConfig, study: str, trial: str, seed_index: int = 0) -> R
     pin_dataset(client, parent, study, dataset_record(config.data, data))  # the study's data, or refused
     target = RunTarget(
         experiment_id=experiment_id, parent_run_id=parent, study=study, run_kind="retrain", source="retrain",
-        name=f"{T.trial_run_name(study, trial)} retrained" + (f" seed {seed_index}" if seed_index else ""),
+        name=T.trial_run_label(trial, arch, hparams, suffix=" retrained" + (f" seed {seed_index}" if seed_index else "")),
         tags={T.TAG_RETRAIN_OF: selected.info.run_id, T.TAG_BUDGET: budget, T.TAG_HORIZON: spec.horizon,
               T.TAG_TRIAL_NUMBER: trial, T.TAG_SEED_INDEX: seed_index},
         params=trial_params(budget, spec.horizon, CURRENT_GRID_VERSION, arch, hparams, config.train.batch_size, seed),

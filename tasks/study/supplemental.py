@@ -190,7 +190,7 @@ def _run_entry(client, config, spec, study, entry, hparams, best_run) -> Supplem
     pin_dataset(client, parent, study, dataset_record(config.data, data))  # the main study's data, or refused
     target = RunTarget(
         experiment_id=experiment_id, parent_run_id=parent, study=study, run_kind="trial", source="supplemental",
-        name=T.trial_run_name(study, entry.id),
+        name=T.trial_run_label(entry.id, arch, hparams),
         tags={
             T.TAG_SUPPLEMENTAL_ID: entry.id,
             T.TAG_BUDGET: spec.budget,

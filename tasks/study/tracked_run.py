@@ -74,7 +74,8 @@ def trial_params(budget: str, horizon: int, grid_version: int, arch: Architectur
 def log_epoch(client: MlflowClient, run_id: str, event: dict) -> None:
     """Per-epoch metrics of a trial process's `epoch` event (step = epoch)."""
     if event["event"] == "epoch":
-        log_batch(client, run_id, metrics={k: v for k, v in event.items() if k in T.EPOCH_METRICS}, step=int(event["epoch"]))
+        metrics = {T.EPOCH_METRIC_NAMES[k]: v for k, v in event.items() if k in T.EPOCH_METRIC_NAMES}
+        log_batch(client, run_id, metrics=metrics, step=int(event["epoch"]))
 
 
 def end_trial_run(client: MlflowClient, run_id: str, outcome: TrialOutcome) -> None:

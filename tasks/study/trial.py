@@ -164,7 +164,7 @@ def _target(handle: StudyHandle, trial: optuna.Trial, arch: Architecture, hp: di
     }
     return RunTarget(
         experiment_id=handle.experiment_id, parent_run_id=handle.parent_run_id, study=handle.name, run_kind="trial",
-        source="hpo", name=T.trial_run_name(handle.name, trial.number), tags=tags,
+        source="hpo", name=T.trial_run_label(trial.number, arch, hp), tags=tags,
         params=trial_params(handle.spec.budget, handle.spec.horizon, handle.grid_version, arch, hp,
                             train_config.batch_size, train_config.seed),
     )

@@ -9,6 +9,7 @@ tags come from `schemas.tracking`."""
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import math
 import os
@@ -104,6 +105,8 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pat
             client.restore_experiment(found.experiment_id)
         if found.tags.get(T.TAG_EXPERIMENT_KIND) != T.EXPERIMENT_KIND:  # made by an older version
             client.set_experiment_tag(found.experiment_id, T.TAG_EXPERIMENT_KIND, T.EXPERIMENT_KIND)
+        if T.TAG_SHARED_VIEW not in found.tags:  # made by an older version
+            client.set_experiment_tag(found.experiment_id, T.TAG_SHARED_VIEW, json.dumps(T.trials_view_state()))
         return found.experiment_id
     try:
         if serves_artifacts(client):
@@ -113,7 +116,8 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pat
         else:
             location = (artifact_root / name).resolve().as_uri()
         # The model-training kind, for MLflow's own code; the UI needs more (schemas.tracking).
-        return client.create_experiment(name, artifact_location=location, tags={T.TAG_EXPERIMENT_KIND: T.EXPERIMENT_KIND})
+        return client.create_experiment(name, artifact_location=location, tags={
+            T.TAG_EXPERIMENT_KIND: T.EXPERIMENT_KIND, T.TAG_SHARED_VIEW: json.dumps(T.trials_view_state())})
     except MlflowException:
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -324,7 +328,9 @@ def active_run(client: MlflowClient, run_id: str) -> Iterator[None]:
             mlflow.set_tracking_uri(previous)
 
 
-def experiment_url(ui: str, experiment_id: str) -> str:
+def experiment_url(ui: str, experiment_id: str, trials_view: bool = True) -> str:
     """The experiment's runs in the MLflow UI at `ui` (http://host:port), in the model-training
-    view (schemas.tracking.UI_WORKFLOW)."""
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{T.UI_WORKFLOW}"
+    view (schemas.tracking.UI_WORKFLOW), opened on the saved trials view (schemas.tracking
+    TRIALS_VIEW_KEY: trials flat, best first, val AUC and the architecture shown)."""
+    view = f"&viewStateShareKey={T.TRIALS_VIEW_KEY}" if trials_view else ""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{T.UI_WORKFLOW}{view}"

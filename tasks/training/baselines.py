@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from schemas.config import DataConfig, HpoConfig, StudySpec
 from schemas.names import HORIZONS, STUDY_NAME, parse_horizon
-from schemas.tracking import TAG_BASELINE_KEY, TAG_BASELINE_MODEL, TAG_HORIZON, TAG_RUN_KIND
+from schemas.tracking import TAG_BASELINE_KEY, TAG_BASELINE_MODEL, TAG_HORIZON, TAG_RUN_KIND, baseline_run_name
 from tasks.data.dataset import SPLITS, PreparedData, cached_dataset, dataset_fingerprint
 from tasks.study.claims import Claims
 from tasks.study.store import optuna_storage
@@ -280,7 +280,7 @@ def log_baseline(
         "grid": json.dumps(result.candidates),
     }
     run_id = start_run(
-        client, experiment_id, run_kind="baseline", source="baseline", name=f"{study} baseline {result.model}",
+        client, experiment_id, run_kind="baseline", source="baseline", name=baseline_run_name(result.model),
         study=study, parent_run_id=parent_run_id, tags=tags,
     )
     try:
