@@ -223,6 +223,16 @@ class StudyConfig(_Config):
         2, ge=0, le=20,
         description="new seeds per confirmed configuration (each then has 1 + this many); the selection is on the seed mean; 0: off",
     )
+    transfer: bool = Field(
+        True,
+        description="warm start: when finished studies of at least two smaller budgets exist at the horizon, a new study's "
+        "trial 6 is the configuration they predict (tasks/study/warm_start.py); False: trial 6 is the sampler's",
+    )
+    transfer_from_legacy: bool = Field(
+        False,
+        description="let imported legacy studies (no dataset fingerprint) be warm-start sources: say so only when their "
+        "data is the study's",
+    )
 
     @field_validator("grid_version")
     @classmethod

@@ -39,6 +39,14 @@ class PreparedData:
         offsets = np.arange(-self.window + 1, 1)
         return self.features[self.anchors[split][:, None] + offsets]
 
+    def ticker_days(self, split: str) -> int:
+        """The unique (ticker, day) rows a split's windows read. Windows end at their anchors and
+        never cross a ticker's rows, so sorted anchors a gap g apart add min(g, window) new rows."""
+        anchors = np.sort(self.anchors[split])
+        if not len(anchors):
+            return 0
+        return int(self.window + np.minimum(np.diff(anchors), self.window).sum())
+
     def summary(self) -> dict[str, object]:
         return {
             split: {"samples": int(len(self.labels[split])), "positive_rate": float(self.labels[split].mean())}

@@ -1,7 +1,8 @@
 """A study's stores and its handle: where it lives, which version, how a process opens it.
 
 - `optuna_storage`: the RDB storage with heartbeats; a stale trial is failed in MLflow too and retried.
-- `open_study(spec, config)`: create or resume; the creating worker enqueues the forced extremes
+- `open_study(spec, config)`: create or resume; the creating worker enqueues the forced extremes,
+  the warm start (trial 6, from the smaller budgets' finished studies: `tasks.study.warm_start`)
   and makes the study run. `attach_study(name, config)`: an existing study, once per process.
 - `StudyHandle`: what every other step of a study takes (stores, grid, space, MLflow ids).
 
@@ -45,6 +46,7 @@ from tasks.tracking.runs import (
     sqlite_first_use,
 )
 from tasks.tracking.datasets import features_param, pin_dataset
+from tasks.study.warm_start import enqueue_warm_start
 
 log = logging.getLogger("hpo")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -219,12 +221,18 @@ def open_study(spec: StudySpec, config: HpoConfig) -> StudyHandle:
             client, experiment_id, study=name, budget=spec.budget, horizon=spec.horizon, version=version,
             source="hpo", smoke_of=spec.smoke_of,
         )
-        pin_dataset(client, parent_run_id, name, dataset_record(config.data, prepared[0]))
+        record = dataset_record(config.data, prepared[0])
+        pin_dataset(client, parent_run_id, name, record)
         log_batch(client, parent_run_id, params={"grid_version": grid_version, "grid_size": len(grid),
                                                  T.PARAM_NUM_FEATURES: config.data.num_features,
-                                                 T.PARAM_FEATURES: features_param(prepared[0].feature_names)})
+                                                 T.PARAM_FEATURES: features_param(prepared[0].feature_names),
+                                                 T.PARAM_TRAIN_WINDOWS: len(prepared[0].labels["train"]),
+                                                 T.PARAM_TRAIN_TICKER_DAYS: prepared[0].ticker_days("train")})
         study.set_user_attr("mlflow_parent_run_id", parent_run_id)
         space.enqueue_extremes(study, config.study.arch_space, grid, config.search)
+        # trial 6, before a joining worker may ask (it waits for extremes_enqueued): once, like the extremes
+        enqueue_warm_start(study, spec, config.study, config.search, grid, config.study.arch_space, client,
+                           str(record["fingerprint"]))  # fmt: skip
         study.set_user_attr("extremes_enqueued", True)
     else:
         _wait_for_creator(study)

@@ -40,6 +40,7 @@ from tasks.study.store import (
     StudyHandle,
 )
 from tasks.study.trial_process import TrialOutcome
+from tasks.study.warm_start import ATTR_WARM_START, ATTR_WARM_START_PREDICTION
 from tasks.study.tracked_run import RunTarget, TrackedRun, run_tracked, trial_params
 from tasks.tracking.predictions import log_scores_file, scores_path
 
@@ -96,7 +97,8 @@ def run_trial(handle: StudyHandle, number: int, progress: TrialProgress | None =
     extreme = trial.user_attrs.get(ATTR_EXTREME, "none")
     retry_of = handle.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial", trial.user_attrs.get(ATTR_REQUEUED_FROM))
     train_config = handle.config.train.model_copy(update={"seed": handle.config.train.seed + (retry_of if retry_of is not None else number)})
-    log.info(trial_description(number, arch, hp) + (f" [forced extreme: {extreme}]" if extreme != "none" else ""))
+    warm = " [warm start: transfer]" if trial.user_attrs.get(ATTR_WARM_START) else ""
+    log.info(trial_description(number, arch, hp) + (f" [forced extreme: {extreme}]" if extreme != "none" else "") + warm)
     progress.trial_started(handle.name, number, f"d={arch.d_model} L={arch.n_layers} h={arch.n_heads} lr={hp['learning_rate']:g}")
     prune = _PruningCheck(trial, may_prune=handle.pruner != "none" and extreme == "none")
 
@@ -162,11 +164,16 @@ def _target(handle: StudyHandle, trial: optuna.Trial, arch: Architecture, hp: di
         T.TAG_OPTUNA_TRIAL_ID: trial._trial_id,
         **({T.TAG_RETRY_OF: retry_of} if retry_of is not None else {}),
     }
+    # the warm-start trial (tasks.study.warm_start): its tag, and the prediction it came from as params
+    warm = trial.user_attrs.get(ATTR_WARM_START)
+    if warm:
+        tags[T.TAG_WARM_START] = warm
     return RunTarget(
         experiment_id=handle.experiment_id, parent_run_id=handle.parent_run_id, study=handle.name, run_kind="trial",
         source="hpo", name=T.trial_run_label(trial.number, arch, hp), tags=tags,
-        params=trial_params(handle.spec.budget, handle.spec.horizon, handle.grid_version, arch, hp,
-                            train_config.batch_size, train_config.seed),
+        params={**trial_params(handle.spec.budget, handle.spec.horizon, handle.grid_version, arch, hp,
+                               train_config.batch_size, train_config.seed),
+                **(trial.user_attrs.get(ATTR_WARM_START_PREDICTION, {}) if warm else {})},
     )
 
 
@@ -211,10 +218,12 @@ def tell_optuna(handle: StudyHandle, trial: optuna.Trial, run_id: str, request: 
 
 def requeue(handle: StudyHandle, trial: optuna.Trial, kind: str) -> None:
     """Fail the trial with `kind` (not counted as a failure) and enqueue its parameters again, its
-    forced-extreme type and its seed's origin with them, so the study still gets every extreme."""
+    forced-extreme type (or warm start) and its seed's origin with them, so the study still gets
+    every extreme and its warm start."""
     frozen = handle.storage.get_trial(trial._trial_id)
     origin = frozen.user_attrs.get(ATTR_REQUEUED_FROM, handle.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial", trial.number))
-    attrs = {ATTR_REQUEUED_FROM: origin, **({ATTR_EXTREME: frozen.user_attrs[ATTR_EXTREME]} if ATTR_EXTREME in frozen.user_attrs else {})}
+    carried = (ATTR_EXTREME, ATTR_WARM_START, ATTR_WARM_START_PREDICTION)  # what the trial is, beyond its params
+    attrs = {ATTR_REQUEUED_FROM: origin, **{k: frozen.user_attrs[k] for k in carried if k in frozen.user_attrs}}
     trial.set_user_attr(ATTR_FAILURE_KIND, kind)
     trial.set_user_attr(ATTR_FAILURE_REASON, "the worker was stopped; its parameters are queued again")
     handle.study.tell(trial, state=TrialState.FAIL)

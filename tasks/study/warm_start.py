@@ -24,10 +24,11 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from models.arch_grid import Architecture
-from schemas.config import StudyConfig, StudySpec
+from schemas.config import SearchSpace, StudyConfig, StudySpec
 from schemas.tracking import ARCH_PARAMS, TAG_WARM_START, WARM_START_TRANSFER
 from tasks.report.hparam_scaling import hparam_scaling, smaller_budgets
 from tasks.report.mlflow_io import runs_frame
+from tasks.report.study import search_values
 from tasks.report.table import normalise_runs
 from tasks.study.space import FactoredGrid, arch_params
 from tasks.tracking.runs import search_all_runs, study_experiments
@@ -117,7 +118,7 @@ def source_runs(client: MlflowClient, budgets: list[str], horizon: int) -> pd.Da
     return normalise_runs(runs_frame(search_all_runs(client, list(experiments)), experiments))
 
 
-def enqueue_warm_start(study: optuna.Study, spec: StudySpec, config: StudyConfig, search: dict[str, tuple[float, ...]],
+def enqueue_warm_start(study: optuna.Study, spec: StudySpec, config: StudyConfig, search: SearchSpace,
                        grid: list[Architecture], arch_space: str, client: MlflowClient, fingerprint: str) -> bool:  # fmt: skip
     """Enqueue the predicted configuration as the study's next trial (6, after the extremes); False
     (and a log line saying why) when there is nothing to predict from or transfer is off."""
@@ -129,7 +130,8 @@ def enqueue_warm_start(study: optuna.Study, spec: StudySpec, config: StudyConfig
     if not smaller:
         return False
     try:
-        plan = plan_warm_start(source_runs(client, smaller, spec.horizon), spec.budget, spec.horizon, grid, search,
+        values = {p: tuple(v) for p, v in search_values(search).items()}
+        plan = plan_warm_start(source_runs(client, smaller, spec.horizon), spec.budget, spec.horizon, grid, values,
                                config.transfer_from_legacy, fingerprint)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - a warm start is an extra trial; the study goes on without it
         log.warning("%s: no warm start: the smaller budgets' studies could not be read (%s: %s)", name, type(exc).__name__, exc)
