@@ -6,6 +6,7 @@ Prefect (a markdown artifact `cross-budget-report` and a table artifact `best-pe
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from prefect import flow
@@ -35,5 +36,8 @@ def report(stores: StoreConfig = StoreConfig(), out: Path = Path("reports"), sea
     if log_to_mlflow:
         files.mlflow_run_id = log_report_task(stores, files)
     publish_artifacts(analysis, source)
-    print(f"report of {len(runs)} runs: {files.html} (MLflow run {files.mlflow_run_id})")
+    # printed into the flow run's logs (log_prints): from a deployment the files are on the worker's
+    # machine, so the line says which machine and the absolute paths; MLflow holds a copy too
+    print(f"report of {len(runs)} runs on {socket.gethostname()}: {Path(files.html).resolve()} and "
+          f"{Path(files.markdown).resolve()} (a copy in MLflow experiment 'reports', run {files.mlflow_run_id})")
     return files

@@ -63,12 +63,20 @@ def render_markdown(analysis: CampaignAnalysis, source: str = "", figures: dict[
 
 
 _NUMERIC_CELL = re.compile(r"<td>([-+]?(?:\d[\d.,e+-]*|n/a|\[[-+\d., ]+\]|\d+/\d+))</td>")
+_HEADER_CELL = re.compile(r"<th>([^<]*)</th>")
+
+
+def _breakable_header(match: re.Match) -> str:
+    """A header may wrap after an underscore or slash (weight_<wbr>decay), never mid-word: wide
+    tables then fit the page instead of being cut."""
+    return "<th>" + re.sub(r"([_/])", r"\1<wbr>", match.group(1)) + "</th>"
 
 
 def render_html(markdown_text: str, title: str = "Cross-budget HPO report") -> str:
     """The Markdown report as one self-contained HTML page (figures linked, not embedded)."""
     body = markdown.markdown(markdown_text, extensions=["tables", "toc", "sane_lists"], output_format="html")
     body = _NUMERIC_CELL.sub(r'<td class="num">\1</td>', body)
+    body = _HEADER_CELL.sub(_breakable_header, body)
     return TEMPLATES.get_template("report.html.j2").render(title=title, body=Markup(body))
 
 
