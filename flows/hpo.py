@@ -7,6 +7,7 @@ import logging
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+import flows  # noqa: F401 - see flows/__init__: runs it when Prefect loads this file as a script
 from schemas.config import HpoConfig, StudySpec
 from tasks.study.tasks import finish_study_task, open_study_task, run_trials_as_tasks
 from tasks.training.tasks import fit_baselines

@@ -9,12 +9,18 @@ from pathlib import Path
 
 from prefect import flow
 
+import flows  # noqa: F401 - see flows/__init__: runs it when Prefect loads this file as a script
 from schemas.legacy import RecoverReport, RecoverRequest
 from tasks.legacy.grids import load_grid
 from tasks.legacy.importer import source_artifact
 from tasks.legacy.reconcile import reconcile
 from tasks.legacy.recover import expand_inputs, summarize
-from tasks.legacy.tasks import import_legacy_experiment, recover_input, recover_optuna_storage, write_experiment_file
+from tasks.legacy.tasks import (
+    import_legacy_experiment,
+    recover_input,
+    recover_optuna_storage,
+    write_experiment_file,
+)
 
 
 @flow(name="recover")

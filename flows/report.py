@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prefect import flow
 
+import flows  # noqa: F401 - see flows/__init__: runs it when Prefect loads this file as a script
 from schemas.config import SearchSpace, StoreConfig
 from tasks.report.render import ReportFiles
 from tasks.report.tasks import (

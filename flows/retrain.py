@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+import flows  # noqa: F401 - see flows/__init__: runs it when Prefect loads this file as a script
 from schemas.config import HpoConfig
 from tasks.study.tasks import retrain_trial_task
 

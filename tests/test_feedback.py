@@ -25,10 +25,13 @@ from schemas.config import HpoConfig
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_the_hpo_logger_reaches_prefect_when_prefect_was_imported_first():
-    """A worker's flow run process imports Prefect before flows/ (`python -m prefect.engine`): the
-    "hpo" logger gets Prefect's API handler and the INFO level all the same."""
-    check = ("import prefect.main, logging; import flows.hpo; logger = logging.getLogger('hpo'); "
+def test_the_hpo_logger_reaches_prefect_when_a_worker_loads_the_entrypoint():
+    """A worker's flow run process imports Prefect first (`python -m prefect.engine`), then loads the
+    deployment's entrypoint `flows/hpo.py:hpo_flow` as a bare script (not as `flows.hpo`, so
+    flows/__init__ ran only because the module imports it): the "hpo" logger gets Prefect's API
+    handler and the INFO level all the same. Before, a deployment run's logs had no trial line."""
+    check = ("import prefect.main, logging; from prefect.flows import load_flow_from_entrypoint; "
+             "load_flow_from_entrypoint('flows/hpo.py:hpo_flow'); logger = logging.getLogger('hpo'); "
              "print(logger.getEffectiveLevel(), sorted(type(h).__name__ for h in logger.handlers))")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_EXTRA_LOGGERS"}
     out = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True)
