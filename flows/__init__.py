@@ -33,6 +33,9 @@ def _forward_hpo_logger() -> None:
     for handler in logging.getLogger("prefect.extra").handlers:  # what Prefect gives its extra loggers
         if all(type(h) is not type(handler) for h in logger.handlers):
             logger.addHandler(handler)
+    from flows.watch import echo_hpo_logger
+
+    echo_hpo_logger()  # and a copy of a subflow's lines in the watched flow run (flows/watch.py)
 
 
 _forward_hpo_logger()

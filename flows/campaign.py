@@ -33,6 +33,7 @@ from typing import Literal
 from prefect import flow
 
 from flows.hpo import publish_outcome, study_flow
+from flows.watch import watched_run
 from schemas.config import HpoConfig, StudySpec
 from tasks.plan.tasks import publish_plan_task
 from tasks.study.tasks import read_study_summary_task
@@ -190,7 +191,8 @@ def campaign_flow(
     summaries: dict[str, list[dict]] = {}
     for label, names in campaign_stages(rerun_20m_h5):
         try:
-            summaries[label] = run_stage(label, names, config, mode)
+            with watched_run():  # its studies' trial lines in the campaign run's logs too (`--watch`)
+                summaries[label] = run_stage(label, names, config, mode)
         except Exception as exc:
             raise RuntimeError(f"campaign stopped in stage '{label}': {exc}; fix the cause and run the campaign again to resume") from exc
         unfinished = [s["study"] for s in summaries[label] if s.get("state") != "complete"]

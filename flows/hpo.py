@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 import flows  # noqa: F401 - see flows/__init__: runs it when Prefect loads this file as a script
+from flows.watch import watched_run
 from schemas.config import HpoConfig, StudySpec
 from tasks.study.tasks import finish_study_task, open_study_task, run_trials_as_tasks
 from tasks.training.tasks import fit_baselines
@@ -80,6 +81,7 @@ def hpo_flow(studies: list[str], config: HpoConfig = HpoConfig(), smoke: bool = 
     specs = [StudySpec.parse(name) for name in studies]
     if smoke:
         config, specs = config.smoke(), [spec.as_smoke() for spec in specs]
-    summaries = [study_flow(spec, config) for spec in specs]
+    with watched_run():  # the studies' trial lines in this run's logs too (`--watch`)
+        summaries = [study_flow(spec, config) for spec in specs]
     publish_outcome(summaries)
     return summaries

@@ -54,6 +54,8 @@ def test_a_study_run_shows_its_trials_and_a_rerun_says_it_has_nothing_to_run(smo
         (study_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
         assert study_run.name == "smoke_h1_v2"
         logs = [entry.message for entry in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[study_run.id])))]
+        # what `--watch` and the parent's Logs tab read: the parent run's own logs (flows/watch.py)
+        parent_logs = "\n".join(e.message for e in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[parent.id]))))
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[study_run.id])))
         outcome = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id])))
         (rerun_study,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(
@@ -63,6 +65,8 @@ def test_a_study_run_shows_its_trials_and_a_rerun_says_it_has_nothing_to_run(smo
     text = "\n".join(logs)
     assert "smoke_h1_v2 #0 complete: val AUC 0." in text and "MLflow run" in text, text  # a trial task run's result line
     assert "Trial 0:" in text  # the trial's start line (the "hpo" logger)
+    assert "smoke_h1_v2 #0 complete: val AUC 0." in parent_logs and "Trial 0:" in parent_logs, parent_logs
+    assert "smoke_h1_v2: 2/2 trials done, best val AUC" in parent_logs
     assert "smoke_h1_v2: 2/2 trials done, best val AUC" in text
     assert "smoke_h1_v2 complete: 2/2 trials, best val AUC" in text and "registered model smoke_h1_v2 version 1" in text
     assert sorted(a.key for a in artifacts) == ["progress-smoke-h1-v2", "trials-smoke-h1-v2"]  # one of each, updated in place
