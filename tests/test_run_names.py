@@ -30,3 +30,4 @@ def test_the_printed_link_opens_the_saved_trials_view():
     state = T.trials_view_state()
     assert state["searchFilter"] == "tags.run_kind = 'trial'" and state["orderByAsc"] is False
     assert state["selectedColumns"][0] == "metrics.`val_auc`" and "params.`n_heads`" in state["selectedColumns"]
+

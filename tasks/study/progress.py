@@ -7,6 +7,7 @@ so a flow run from a Prefect worker (no terminal) simply has none and logs lines
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,12 +33,19 @@ class TrialProgress:
         self._progress = progress
         self._max_epochs = max_epochs
         self._studies: dict[str, int] = {}
+        self._started: dict[str, tuple[float, int]] = {}  # study -> (when this run first saw it, done then)
         self._trials: dict[tuple[str, int], int] = {}
 
     def study(self, name: str, n_trials: int, complete: int) -> None:
+        """The study's bar, with an ETA from this run's own pace (trials it saw finish over the time
+        it has run: a resumed study's earlier trials say nothing about this machine's speed)."""
         if name not in self._studies:
             self._studies[name] = self._progress.add_task(f"[bold]{name}[/] trials", total=n_trials)
-        self._progress.update(self._studies[name], completed=complete, total=n_trials)
+            self._started[name] = (time.monotonic(), complete)
+        started_at, done_before = self._started[name]
+        done_here, remaining = complete - done_before, max(n_trials - complete, 0)
+        eta = f", about {_duration((time.monotonic() - started_at) / done_here * remaining)} to go" if done_here > 0 and remaining else ""
+        self._progress.update(self._studies[name], completed=complete, total=n_trials, description=f"[bold]{name}[/] trials{eta}")
 
     def trial_started(self, study: str, number: int, description: str) -> None:
         self._trials[(study, number)] = self._progress.add_task(f"  #{number} {description}", total=self._max_epochs)
