@@ -96,7 +96,8 @@ def test_identical_best_values_are_not_called_inconsistent():
     rows = []
     for budget in ("2M", "20M", "200M"):
         study = f"{budget}_h1"
-        rows += [study_run(study)] + [trial(study, n, 0.785 - 0.0005 * n, 1e-3, dropout=0.3) for n in range(4)]
+        rows += [study_run(study)] + [trial(study, n, 0.785 - 0.0005 * n, 1e-3, dropout=0.3, wd=wd)
+                                      for n, wd in enumerate((0.0, 1e-5, 1e-4, 1e-3))]
     scaling = hparam_scaling(frame(rows), 1, ["2M", "20M", "200M"], {**SEARCH, "learning_rate": (3e-4, 1e-3, 2e-3, 4e-3)})
     assert fit_of(scaling, "learning_rate").reading == "consistent"
 
@@ -165,5 +166,16 @@ def test_the_warm_start_plan_snaps_the_prediction_and_says_what_is_missing():
     params = plan.mlflow_params()
     assert params["warm_start_sources"] == "2M_h1,20M_h1,200M_h1" and "warm_start_learning_rate_low" in params
 
+    assert plan_warm_start(frame(studies(truth, budgets=("2M",))), "20M", 1, grid, SEARCH) == (
+        "20M has only 2M below it on its ladder; a warm start needs finished studies of two smaller budgets")
     missing = plan_warm_start(frame(studies(truth, budgets=("20M",))), "2B", 1, grid, SEARCH)
     assert missing == "needs finished studies of at least two smaller budgets at h1; found 20M (20M_h1); missing 2M, 200M"
+
+
+def test_the_forced_extremes_count_once():
+    # six extremes at the central values and two sampled trials, all near-optimal: three configurations
+    rows = [study_run("2M_h1")] + [trial("2M_h1", n, 0.78, 5e-5, extreme_type=f"e{n}") for n in range(6)]
+    rows += [trial("2M_h1", 6, 0.779, 1e-5), trial("2M_h1", 7, 0.779, 5e-4)]
+    (lr,) = [f for f in hparam_scaling(frame(rows), 1, ["2M"], SEARCH).fits if f.param == "learning_rate"]
+    assert lr.near == (3,)
+    assert lr.y[0] == pytest.approx(np.mean(np.log10([1e-5, 5e-5, 5e-4])))

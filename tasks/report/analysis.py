@@ -7,6 +7,7 @@ prints them in its "Methods" section):
 - `table`: the runs table (typed columns, study identity, what a complete trial is), orders;
 - `study`: one study (counts, best trial, collapse, importance, trends, coverage, gaps);
 - `budgets`: across budgets at a horizon (validation intervals and comparisons, consistency);
+- `hparam_scaling`: how the optimal hyperparameters move with the budget, and the data regime;
 - `verdicts`: the headline, paired tests on the test split; `stats` their statistics;
 - `checklist`: the supplemental plan's checklist.
 """
@@ -25,6 +26,7 @@ from tasks.report.budgets import BudgetBest as BudgetBest
 from tasks.report.budgets import HorizonAnalysis, analyse_horizon
 from tasks.report.budgets import hanley_mcneil_se as hanley_mcneil_se
 from tasks.report.checklist import RERUN_TRIALS, Check, verification_checklist
+from tasks.report.hparam_scaling import hparam_scaling
 from tasks.report.study import StudyAnalysis, analyse_study
 from tasks.report.table import budget_order, normalise_runs, studies_in_order, trials_of
 from tasks.report.verdicts import horizon_verdict
@@ -60,11 +62,17 @@ def analyse_campaign(runs: pd.DataFrame, search: SearchSpace = SearchSpace(), re
     return CampaignAnalysis(
         runs=frame,
         studies=[analyse_study(frame, s, search) for s in study_names],
-        horizons=[analyse_horizon(frame, h, budgets, predictions) for h in horizons],
+        horizons=[_with_hparam_scaling(analyse_horizon(frame, h, budgets, predictions), frame, budgets) for h in horizons],
         checklist=verification_checklist(frame, rerun_target),
         budgets=budgets,
         budgets_without_runs=[b for b in budgets if b not in with_trials],
     )
+
+
+def _with_hparam_scaling(h: HorizonAnalysis, frame: pd.DataFrame, budgets: list[str]) -> HorizonAnalysis:
+    """The horizon's hyperparameter scaling (`hparam_scaling`; legacy studies counted and marked)."""
+    h.hparams = hparam_scaling(frame, h.horizon, budgets, include_legacy=True)
+    return h
 
 
 def with_predictions(analysis: CampaignAnalysis, predictions: dict[str, Predictions | str]) -> CampaignAnalysis:

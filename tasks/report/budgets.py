@@ -298,6 +298,7 @@ class HorizonAnalysis:
     collapse: dict[str, CollapseSummary]
     baselines: pd.DataFrame  # best run per baseline model at this horizon
     test: HorizonVerdict  # the headline: paired verdicts on the test split (tasks.report.verdicts)
+    hparams: object = None  # tasks.report.hparam_scaling.HparamScaling, filled by analysis.analyse_campaign
 
 
 def analyse_horizon(frame: pd.DataFrame, horizon: int, budgets: list[str],

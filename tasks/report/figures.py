@@ -164,13 +164,54 @@ def plot_coverage(study: StudyAnalysis, path: Path) -> Path:
     return path
 
 
+def plot_hparam_scaling(h: HorizonAnalysis, path: Path) -> Path | None:
+    """Per hyperparameter: each budget's optimum over its near-optimal trials with its 95% band
+    against parameters (log x; log y for learning rate and weight decay), the near-optimal trials
+    themselves, and the fitted line with its bootstrap band."""
+    scaling = h.hparams
+    fits = [] if scaling is None or scaling.refused else [f for f in scaling.fits if len(f.budgets)]
+    if not fits:
+        return None
+    fig = Figure(figsize=(4.2 * len(fits), 3.6))
+    axes = fig.subplots(1, len(fits), squeeze=False)[0]
+    for ax, fit in zip(axes, fits):
+        for band, x, y, low, high in zip(scaling.bands, fit.x, fit.y, fit.y_low, fit.y_high):
+            ax.scatter(band.near["params"], band.near[fit.param], s=10, alpha=0.35, color=_colour(band.budget))
+            value = fit.scale.value
+            ax.errorbar(10**x, value(y), yerr=[[max(0.0, value(y) - value(low))], [max(0.0, value(high) - value(y))]], fmt="o", ms=7, capsize=4,
+                        color=_colour(band.budget), markeredgecolor="black", label=band.budget)  # fmt: skip
+        if not math.isnan(fit.slope):
+            grid = np.linspace(fit.x.min(), fit.x.max(), 30)
+            lines = fit.draws[:, 1, None] + fit.draws[:, 0, None] * grid[None, :]
+            to = np.vectorize(fit.scale.value)
+            ax.plot(10**grid, to(fit.intercept + fit.slope * grid), color="black", lw=1.2)
+            ax.fill_between(10**grid, to(np.percentile(lines, 2.5, axis=0)), to(np.percentile(lines, 97.5, axis=0)),
+                            color="black", alpha=0.12, lw=0)  # fmt: skip
+        ax.set_xscale("log")
+        if fit.scale.log:
+            ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
+        ax.set_xlabel("parameters (log scale)")
+        ax.set_title(f"{fit.param}: {fit.reading}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"h{h.horizon}: optimum per budget (mean of its near-optimal configurations, 95% band; dots: near-optimal trials) and fit", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def write_figures(analysis: CampaignAnalysis, folder: Path) -> dict[str, Path]:
-    """Every figure, keyed `auc_vs_params`, `<study>/trends`, `<study>/coverage`."""
+    """Every figure, keyed `auc_vs_params`, `hparam_scaling_h<H>`, `<study>/trends`, `<study>/coverage`."""
     folder.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
     overall = plot_auc_vs_params(analysis, folder / "auc_vs_params.png")
     if overall:
         figures["auc_vs_params"] = overall
+    for h in analysis.horizons:
+        drawn = plot_hparam_scaling(h, folder / f"hparam_scaling_h{h.horizon}.png")
+        if drawn:
+            figures[f"hparam_scaling_h{h.horizon}"] = drawn
     for study in analysis.studies:
         trials = analysis.runs[(analysis.runs["study"] == study.name) & (analysis.runs["run_kind"] == "trial")]
         trends = plot_trends(study, trials, folder / f"{_safe(study.name)}_trends.png")

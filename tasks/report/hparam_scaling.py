@@ -12,20 +12,20 @@ dataclasses out. `tasks.study.warm_start` turns it into a new study's first tran
   noise: the pooled seed sd of the val AUCs of the configurations trained again with other seeds
   (`run_kind=confirm` / `retrain` runs of the study's trials) where there are any, else the best
   trial's Hanley-McNeil SE (or the top-k spread, `budgets.auc_interval`).
-- The optimum of a budget is the mean over its near-optimal trials of log10(value) for
-  learning_rate and weight_decay (a weight decay of 0 counts as a decade below the smallest
-  positive value searched), of the value for dropout. Fit: least squares of the optimum on
-  log10(parameters) over budgets, a budget's parameters being the mean log10 count of its
-  near-optimal trials. Band: 2.5% and 97.5% over bootstrap resamples of the near-optimal trials
-  within each budget (each resample redraws every budget's optimum and parameters, then refits).
-  The six forced extremes all train at the central values, so a study's near-optimal band leans
-  towards them; with 50 trials 44 are the sampler's.
+- The optimum of a budget is the mean over its near-optimal configurations (`configurations`:
+  distinct (learning_rate, dropout, weight_decay) triples, each once, so the six forced extremes,
+  which all train at the central values, count once) of log10(value) for learning_rate and
+  weight_decay (a weight decay of 0 counts as a decade below the smallest positive value
+  searched), of the value for dropout. Fit: least squares of the optimum on log10(parameters)
+  over budgets, a budget's parameters being the mean log10 count of those configurations. Band:
+  2.5% and 97.5% over bootstrap resamples of the near-optimal configurations within each budget
+  (each resample redraws every budget's optimum and parameters, then refits).
 - Leave-one-budget-out: each budget's optimum predicted by the line through the others (needs
   three budgets), with how far off it was and whether the prediction's band meets the budget's.
 - Reading: "trend" when the slope's band excludes 0; "consistent" when it includes 0, every
   budget's band shares a value and the slope's band allows less than one step of the searched
   values across the budgets' range; "no evidence" otherwise (fewer than two budgets, a budget with
-  fewer than MIN_NEAR near-optimal trials, or a band too wide to tell).
+  fewer than MIN_NEAR near-optimal configurations, or a band too wide to tell).
 - Data regime: training windows and unique ticker-days per parameter (study run params
   `train_windows`, `train_ticker_days`); a budget is deep in the data-limited regime when its
   ticker-days per parameter are DATA_LIMITED_FACTOR times below the ~20 tokens per parameter of
@@ -59,7 +59,7 @@ from tasks.report.table import trials_of
 
 Z95 = 1.959963984540054
 RESAMPLES = 1000
-MIN_NEAR = 2  # near-optimal trials a budget needs for its band to have a measured spread
+MIN_NEAR = 2  # near-optimal configurations a budget needs for its band to have a measured spread
 LOG_SCALED = ("learning_rate", "weight_decay")  # fitted as log10(value); dropout as its value
 TOKENS_PER_PARAM = 20  # compute-optimal language models (Chinchilla)
 DATA_LIMITED_FACTOR = 100
@@ -217,7 +217,7 @@ class ParamFit:
     y: np.ndarray  # (k,) optimum in fit units
     y_low: np.ndarray  # (k,) bootstrap 2.5% / 97.5%
     y_high: np.ndarray
-    near: tuple[int, ...]  # near-optimal trials per budget
+    near: tuple[int, ...]  # near-optimal configurations per budget
     slope: float = math.nan  # fit units per tenfold parameters
     intercept: float = math.nan
     slope_low: float = math.nan
@@ -246,14 +246,26 @@ def _ols_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return slope, y.mean(axis=1) - slope * x.mean(axis=1)
 
 
+def configurations(near: pd.DataFrame, param: str) -> pd.DataFrame:
+    """The near-optimal trials as distinct configurations, each counted once: of the three
+    hyperparameters for a hyperparameter, of the architecture for an architecture dimension. The
+    six forced extremes share one hyperparameter configuration (the central one): counted as six
+    trials they would pull every small study's optimum to the centre by design, not by evidence.
+    A configuration's parameters: the mean log10 count of its trials."""
+    keys = list(ARCH_PARAMS if param in ARCH_PARAMS else HPARAMS)
+    frame = near.assign(log_params=np.log10(near["params"].to_numpy(dtype=float)))
+    return frame.groupby(keys, dropna=False, sort=True).agg(log_params=("log_params", "mean")).reset_index()
+
+
 def fit_param(bands: list[BudgetBand], param: str, candidates: tuple[float, ...],
               resamples: int = RESAMPLES, seed: int = 0) -> ParamFit:  # fmt: skip
     """The optimum of `param` per budget, its line, bootstrap band, leave-one-out and reading."""
     scale = scale_of(param, candidates)
     rng = np.random.default_rng(seed)  # the same seed for every parameter: the same resamples of trials
     k = len(bands)
-    units = [scale.units(b.near[param].to_numpy(dtype=float)) for b in bands]
-    logs = [np.log10(b.near["params"].to_numpy(dtype=float)) for b in bands]
+    configs = [configurations(b.near, param) for b in bands]
+    units = [scale.units(c[param].to_numpy(dtype=float)) for c in configs]
+    logs = [c["log_params"].to_numpy(dtype=float) for c in configs]
     boot_x, boot_y = np.empty((resamples, k)), np.empty((resamples, k))
     for j, (u, lx) in enumerate(zip(units, logs)):
         idx = rng.integers(0, len(u), (resamples, len(u)))
@@ -292,7 +304,7 @@ def _reading(fit: ParamFit) -> tuple[str, str]:
     thin = [b for b, n in zip(fit.budgets, fit.near) if n < MIN_NEAR]
     band = f"slope {fit.slope:+.3g} per tenfold parameters, 95% band [{fit.slope_low:+.3g}, {fit.slope_high:+.3g}]"
     if thin:
-        return "no evidence", f"{', '.join(thin)}: fewer than {MIN_NEAR} near-optimal trials, so its band is not measured"
+        return "no evidence", f"{', '.join(thin)}: fewer than {MIN_NEAR} near-optimal configurations, so its band is not measured"
     if fit.slope_low > 0 or fit.slope_high < 0:
         return "trend", f"{band} excludes 0"
     span = float(fit.x.max() - fit.x.min())
@@ -338,6 +350,7 @@ class WarmStartRank:
     complete: int
     near_optimal: bool | None  # within its study's near-optimal band (None: the study is no source here)
     values: dict[str, float]  # learning_rate, dropout, weight_decay it trained with
+    predicted: dict[str, tuple[float, float, float]]  # param -> (value, 2.5%, 97.5%) before snapping (its run's params)
 
 
 @dataclass
@@ -435,6 +448,14 @@ def warm_start_ranks(at: pd.DataFrame, bands: list[BudgetBand]) -> list[WarmStar
         rank = int((done["val_auc"] > t["val_auc"]).sum()) + 1 if t["complete"] else 0
         band = by_study.get(t["study"])
         near = None if band is None or not t["complete"] else bool(t["val_auc"] >= band.threshold - 1e-12)
+        predicted = {p: tuple(_number(t.get(f"warm_start_{p}{end}")) for end in ("", "_low", "_high")) for p in HPARAMS}
         found.append(WarmStartRank(str(t["study"]), int(t["trial_number"]), str(t["state"]), float(t["val_auc"]), rank,
-                                   len(done), near, {p: float(t[p]) for p in HPARAMS}))  # fmt: skip
+                                   len(done), near, {p: float(t[p]) for p in HPARAMS}, predicted))  # fmt: skip
     return found
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan

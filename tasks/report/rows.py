@@ -19,6 +19,7 @@ import pandas as pd
 from tasks.report.analysis import CampaignAnalysis
 from tasks.report.budgets import TOP_K, Comparison, HorizonAnalysis, Interval
 from tasks.report.checklist import Check
+from tasks.report.hparam_scaling import DATA_LIMITED_FACTOR, MIN_NEAR, TOKENS_PER_PARAM, ParamFit, configurations
 from tasks.report.stats import PairedAUC
 from tasks.report.study import COLLAPSE_PRED_RANGE, MIN_TREND_TRIALS, TREND_ALPHA, Coverage, Gaps, StudyAnalysis, Trend
 from tasks.report.table import fmt_value
@@ -274,9 +275,14 @@ def baseline_rows(h: HorizonAnalysis) -> list[list[object]]:
     return [[b["baseline_model"], _auc(b["val_auc"]), _auc(b["test_auc"]), b["study"]] for _, b in h.baselines.iterrows()]
 
 def consistency_rows(h: HorizonAnalysis) -> list[list[object]]:
-    return [[c.param, c.verdict,
+    """Per parameter its best values per budget, and the noise-aware reading of the hyperparameter
+    scaling (not whether the values are equal: equal values can be noise, unequal ones too)."""
+    scaling = h.hparams
+    readings = {} if scaling is None else {f.param: f.reading for f in scaling.fits + scaling.arch_fits}
+    return [[c.param,
              ", ".join(f"{k}: {fmt_value(v)}" for k, v in c.best_trial.items()) or "n/a",
-             ", ".join(f"{k}: {fmt_value(v)}" for k, v in c.best_mean.items()) or "n/a"]
+             ", ".join(f"{k}: {fmt_value(v)}" for k, v in c.best_mean.items()) or "n/a",
+             readings.get(c.param, "no evidence")]
             for c in h.consistency.itertuples()]  # fmt: skip
 
 def collapse_rows(h: HorizonAnalysis) -> list[list[object]]:
@@ -288,6 +294,96 @@ def collapse_rows(h: HorizonAnalysis) -> list[list[object]]:
             rows.append([name, f"{c.collapsed}/{c.checked}", c.narrow, c.one_class, _auc(c.mean_pred_range),
                          _auc(c.mean_recall), best])  # fmt: skip
     return rows
+
+
+# ----------------------------------------------------------------------------- hyperparameter scaling
+
+
+def _fit_value(fit: ParamFit, unit: float) -> str:
+    return "n/a" if _missing(unit) else f"{fit.scale.value(unit):.3g}"
+
+def _fit_band(fit: ParamFit, low: float, high: float) -> str:
+    return f"[{_fit_value(fit, low)}, {_fit_value(fit, high)}]"
+
+def _slope(fit: ParamFit) -> str:
+    if _missing(fit.slope):
+        return "n/a"
+    unit = "decades" if fit.scale.log else ""
+    return f"{fit.slope:+.3g} {unit} [{fit.slope_low:+.3g}, {fit.slope_high:+.3g}]".replace("  ", " ")
+
+def hparam_headers(h: HorizonAnalysis) -> list[str]:
+    budgets = [b.budget + (" (legacy)" if b.legacy else "") for b in h.hparams.bands] if not h.hparams.refused else []
+    return ["Parameter", *[f"{b}: optimum [95% band]" for b in budgets], "Slope per tenfold parameters [95% band]", "Reading", "Why"]
+
+def hparam_rows(h: HorizonAnalysis) -> list[list[object]]:
+    """Per hyperparameter: each budget's optimum over its near-optimal trials and its band, the fit, the reading."""
+    rows = []
+    for fit in h.hparams.fits + [f for f in h.hparams.arch_fits if f.param == "d_ff_ratio"]:
+        cells = [f"{_fit_value(fit, y)} {_fit_band(fit, lo, hi)}" for y, lo, hi in zip(fit.y, fit.y_low, fit.y_high)]
+        rows.append([fit.param + (" (log scale)" if fit.scale.log else ""), *cells, _slope(fit), fit.reading, fit.why])
+    return rows
+
+def hparam_source_lines(h: HorizonAnalysis) -> list[str]:
+    """Which study each budget's band comes from, how wide it is, and why a budget is not a source."""
+    lines = []
+    for b in h.hparams.bands:
+        noise = "no noise estimate" if _missing(b.noise.sd) else f"one run's noise {b.noise.sd:.4f} ({b.noise.method})"
+        legacy = "; **legacy**: imported trials, dataset not recorded" if b.legacy else ""
+        configs = len(configurations(b.near, "learning_rate"))
+        lines.append(f"{b.budget} ({b.study}): {len(b.near)} of {b.complete} complete trials near-optimal, "
+                     f"{configs} distinct hyperparameter configuration{'s' if configs != 1 else ''} "
+                     f"(val AUC >= {b.threshold:.4f}, best {b.best_auc:.4f}; {noise}), {_params(10**b.log_params)} "
+                     f"parameters{legacy}")  # fmt: skip
+    return lines + [f"Not a source: {s}" for s in h.hparams.skipped]
+
+def hparam_loo_rows(h: HorizonAnalysis) -> list[list[object]]:
+    """Each budget's optimum predicted from the other budgets' line: how far off, and whether the bands meet."""
+    rows = []
+    for fit in h.hparams.fits:
+        for loo in fit.loo:
+            off = f"x{10**loo.error:.3g} ({loo.error:+.2f} decades)" if fit.scale.log else f"{loo.error:+.3g}"
+            rows.append([fit.param, loo.budget, f"{_fit_value(fit, loo.predicted)} {_fit_band(fit, loo.low, loo.high)}",
+                         f"{_fit_value(fit, loo.observed)} {_fit_band(fit, loo.observed_low, loo.observed_high)}", off,
+                         "yes" if loo.within else "no"])  # fmt: skip
+    return rows
+
+def warm_start_lines(h: HorizonAnalysis) -> list[str]:
+    """Where each warm-start trial ranked in its study, what it trained with and what was predicted."""
+    if h.hparams is None:
+        return []
+    lines = []
+    for w in h.hparams.warm_starts:
+        used = ", ".join(f"{p} {fmt_value(v)}" for p, v in w.values.items())
+        predicted = "; ".join(f"{p} {v:.3g} [{lo:.3g}, {hi:.3g}]" for p, (v, lo, hi) in w.predicted.items() if not _missing(v))
+        if w.rank:
+            where = f"val AUC {w.val_auc:.4f}, ranked {w.rank} of {w.complete} complete trials"
+            where += {True: ", within its study's near-optimal band", False: ", below its study's near-optimal band",
+                      None: ""}[w.near_optimal]  # fmt: skip
+        else:
+            where = f"{w.state}, not ranked"
+        lines.append(f"{w.study} #{w.trial} (warm start: transfer): {where}; trained with {used}"
+                     + (f" (predicted before snapping: {predicted})" if predicted else ""))  # fmt: skip
+    return lines
+
+def data_regime_lines(h: HorizonAnalysis) -> list[str]:
+    """Per budget: training windows and unique ticker-days per parameter, and whether it is deep in
+    the data-limited regime."""
+    if h.hparams is None:
+        return []
+    lines = []
+    for r in h.hparams.regime:
+        if _missing(r.train_windows):
+            lines.append(f"{r.budget}: {_params(r.params)} parameters; training windows not recorded ({r.study} predates the count)")
+            continue
+        line = (f"{r.budget} ({r.study}): {_params(r.params)} parameters, {r.train_windows:,.0f} training windows and "
+                f"{r.ticker_days:,.0f} unique ticker-days: {r.train_windows / r.params:.3g} windows and "
+                f"{r.days_per_param:.3g} ticker-days per parameter (one window per {r.params / r.train_windows:,.3g} parameters)")  # fmt: skip
+        if r.data_limited:
+            line += (f"; **deep in the data-limited regime**: {TOKENS_PER_PARAM / r.days_per_param:,.0f}x fewer ticker-days "
+                     f"per parameter than the ~{TOKENS_PER_PARAM} tokens per parameter of a compute-optimal language model, "
+                     "so a flat or falling curve here says more about the data than about the model")  # fmt: skip
+        lines.append(line)
+    return lines
 
 
 # ----------------------------------------------------------------------------- one study
@@ -395,6 +491,9 @@ GLOBALS = dict(
     study_baseline_rows=study_baseline_rows, coverage_headers=coverage_headers, test_selected_rows=test_selected_rows,
     test_pair_rows=test_pair_rows, test_baseline_rows=test_baseline_rows, seed_lines=seed_lines, fit_sentence=fit_sentence, ALPHA=ALPHA,
     dataset_lines=dataset_lines, study_seed_line=study_seed_line,
+    hparam_headers=hparam_headers, hparam_rows=hparam_rows, hparam_source_lines=hparam_source_lines,
+    hparam_loo_rows=hparam_loo_rows, warm_start_lines=warm_start_lines, data_regime_lines=data_regime_lines,
+    TOKENS_PER_PARAM=TOKENS_PER_PARAM, DATA_LIMITED_FACTOR=DATA_LIMITED_FACTOR, MIN_NEAR=MIN_NEAR,
     BOOTSTRAP_RESAMPLES=BOOTSTRAP_RESAMPLES,
     COLLAPSE_PRED_RANGE=COLLAPSE_PRED_RANGE, TREND_ALPHA=TREND_ALPHA, MIN_TREND_TRIALS=MIN_TREND_TRIALS, TOP_K=TOP_K,
 )  # fmt: skip

@@ -81,8 +81,9 @@ def plan_warm_start(frame: pd.DataFrame, budget: str, horizon: int, grid: list[A
     else the mean of the budgets' optima (a slope the data do not support would add only its
     noise), then snapped to the nearest searched value."""
     smaller = smaller_budgets(budget)
-    if not smaller:
-        return f"{budget} has no smaller budget on its ladder"
+    if len(smaller) < 2:
+        below = f"only {smaller[0]} below it" if smaller else "no smaller budget"
+        return f"{budget} has {below} on its ladder; a warm start needs finished studies of two smaller budgets"
     scaling = hparam_scaling(frame, horizon, smaller, search, include_legacy, fingerprint)
     if scaling.refused:
         return scaling.refused
@@ -126,13 +127,12 @@ def enqueue_warm_start(study: optuna.Study, spec: StudySpec, config: StudyConfig
     if not config.transfer:
         log.info("%s: no warm start (transfer=False)", name)
         return False
-    smaller = smaller_budgets(spec.budget)
-    if not smaller:
+    if not smaller_budgets(spec.budget):  # the smallest budget of its ladder, or `smoke`: nothing to say
         return False
     try:
         values = {p: tuple(v) for p, v in search_values(search).items()}
-        plan = plan_warm_start(source_runs(client, smaller, spec.horizon), spec.budget, spec.horizon, grid, values,
-                               config.transfer_from_legacy, fingerprint)  # fmt: skip
+        runs = source_runs(client, smaller_budgets(spec.budget), spec.horizon)
+        plan = plan_warm_start(runs, spec.budget, spec.horizon, grid, values, config.transfer_from_legacy, fingerprint)
     except Exception as exc:  # noqa: BLE001 - a warm start is an extra trial; the study goes on without it
         log.warning("%s: no warm start: the smaller budgets' studies could not be read (%s: %s)", name, type(exc).__name__, exc)
         return False
