@@ -72,6 +72,7 @@ def test_a_study_run_shows_its_trials_and_a_rerun_says_it_has_nothing_to_run(smo
     assert sorted(a.key for a in artifacts) == ["progress-smoke-h1-v2", "trials-smoke-h1-v2"]  # one of each, updated in place
     table = next(a for a in artifacts if a.key.startswith("trials"))
     assert '"trial": 1' in table.data and '"state": "complete"' in table.data
+    assert "smoke_h1_v2: 2/2 trials done, best val AUC" in table.description  # the live progress line, ETA and all
     assert next(a for a in artifacts if a.key.startswith("progress")).data == 100.0
     assert [a.key for a in outcome] == ["studies"] and "| smoke_h1_v2 | complete | 2/2 |" in outcome[0].data
     assert any("smoke_h1_v2 already complete: 2/2 trials done, best val AUC" in m and "nothing to run" in m for m in rerun_logs), rerun_logs

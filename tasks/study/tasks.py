@@ -123,14 +123,15 @@ class StudyView:
             log.info(line)
         if not in_a_run():
             return
-        description = f"Trials of study **{self.study}** on every worker, updated in place as they finish (val AUC: higher is better)."
+        description = (f"Trials of study **{self.study}** on every worker, updated in place as they finish (val AUC: higher "
+                       f"is better). {line}")  # the progress line: k/n, best so far, ETA from this run's pace
         percent = 100.0 * min(done, n_trials) / max(n_trials, 1)
         if self.table_id is None:
             self.table_id = create_table_artifact(table=table, key=trials_artifact_key(self.study), description=description)
             self.progress_id = create_progress_artifact(percent, key=trials_artifact_key(self.study, "progress"), description=line)
             return
         with get_client(sync_client=True) as client:
-            client.update_artifact(self.table_id, ArtifactUpdate(data=TableArtifact(table=table).format()))
+            client.update_artifact(self.table_id, ArtifactUpdate(data=TableArtifact(table=table).format(), description=description))
         update_progress_artifact(self.progress_id, percent, description=line)
 
 
