@@ -39,6 +39,6 @@ def report(stores: StoreConfig = StoreConfig(), out: Path = Path("reports"), sea
     publish_artifacts(analysis, source)
     # printed into the flow run's logs (log_prints): from a deployment the files are on the worker's
     # machine, so the line says which machine and the absolute paths; MLflow holds a copy too
-    print(f"report of {len(runs)} runs on {socket.gethostname()}: {Path(files.html).resolve()} and "
-          f"{Path(files.markdown).resolve()} (a copy in MLflow experiment 'reports', run {files.mlflow_run_id})")
+    print(f"report of {len(runs)} runs on {socket.gethostname()}: {files.html.resolve()} and "
+          f"{files.markdown.resolve()} (a copy in MLflow experiment 'reports', run {files.mlflow_run_id})")
     return files

@@ -176,8 +176,7 @@ def trial_run_label(number: int | str, arch, hparams: Mapping[str, float], suffi
     """`#17 d128 L8 h4 ff4 lr3e-4 do0.1 wd1e-5`: a trial's MLflow run name. The experiment already
     names the study, so the first 20 characters show what differs between its trials (the UI cuts
     run names short): number, d_model, layers, heads, d_ff ratio, then the three hyperparameters."""
-    ratio = arch.d_ff // arch.d_model if arch.d_model else 0
-    shape = f"d{arch.d_model} L{arch.n_layers} h{arch.n_heads} ff{ratio}"
+    shape = f"d{arch.d_model} L{arch.n_layers} h{arch.n_heads} ff{arch.d_ff_ratio}"
     hp = f"lr{_short(hparams['learning_rate'])} do{_short(hparams['dropout'])} wd{_short(hparams['weight_decay'])}"
     return f"#{number}{suffix} {shape} {hp}"
 

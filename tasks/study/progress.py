@@ -39,12 +39,12 @@ class TrialProgress:
     def study(self, name: str, n_trials: int, complete: int) -> None:
         """The study's bar, with an ETA from this run's own pace (trials it saw finish over the time
         it has run: a resumed study's earlier trials say nothing about this machine's speed)."""
+        now = time.monotonic()
         if name not in self._studies:
             self._studies[name] = self._progress.add_task(f"[bold]{name}[/] trials", total=n_trials)
-            self._started[name] = (time.monotonic(), complete)
+            self._started[name] = (now, complete)
         started_at, done_before = self._started[name]
-        done_here, remaining = complete - done_before, max(n_trials - complete, 0)
-        eta = f", about {_duration((time.monotonic() - started_at) / done_here * remaining)} to go" if done_here > 0 and remaining else ""
+        eta = time_to_go(now - started_at, complete - done_before, n_trials - complete)
         self._progress.update(self._studies[name], completed=complete, total=n_trials, description=f"[bold]{name}[/] trials{eta}")
 
     def trial_started(self, study: str, number: int, description: str) -> None:
@@ -156,10 +156,15 @@ def progress_line(study: str, trials: list[FrozenTrial], done: int, n_trials: in
     if complete:
         best = max(complete, key=lambda t: t.value)
         line += f", best val AUC {best.value:.4f} (#{best.number})"
-    remaining = max(n_trials - done, 0)
-    if remaining and done_here > 0:
-        line += f", about {_duration(elapsed_s / done_here * remaining)} to go"
-    return line
+    return line + time_to_go(elapsed_s, done_here, n_trials - done)
+
+
+def time_to_go(elapsed_s: float, done_here: int, remaining: int) -> str:
+    """`, about 4 min to go` at this run's pace (`done_here` trials in `elapsed_s`); "" before the
+    first or when none remain."""
+    if remaining <= 0 or done_here <= 0:
+        return ""
+    return f", about {_duration(elapsed_s / done_here * remaining)} to go"
 
 
 def _duration(seconds: float) -> str:
