@@ -165,6 +165,54 @@ def test_baselines_are_logged_once_then_reused(config, monkeypatch):
     assert len(search_all_runs(client, [experiment_id], f"tags.{TAG_RUN_KIND} = 'baseline'")) == len(runs) + 1
 
 
+def test_a_worker_that_read_the_baselines_before_another_logged_them_logs_none_again(config, monkeypatch):
+    """Issue 22, case 4 (seen in CI): two workers' views of what is missing differ when one reads
+    while the other is logging; each model is claimed on its own, and checked again under its
+    claim, so a stale view fits and logs nothing twice."""
+    client = mlflow_client(config.stores)
+    experiment_id = get_or_create_experiment(client, "stale_h1", config.stores.artifact_root)
+    run_baselines(config, "stale_h1", 1, models=("base_rate", "logreg"))
+    key = baseline_key(config.data, 1)
+    monkeypatch.setattr(baselines, "fit_baseline", lambda *a, **k: pytest.fail("a logged baseline refitted"))
+    # what the second worker does with the view it read before the first one logged anything
+    baselines._fit_and_log_once(client, config, experiment_id, "stale_h1", 1, key, ["base_rate", "logreg"],
+                                baselines.DEFAULT_SETTINGS)
+    runs = search_all_runs(client, [experiment_id], f"tags.{TAG_RUN_KIND} = 'baseline'")
+    assert sorted(r.data.tags[TAG_BASELINE_MODEL] for r in runs) == ["base_rate", "logreg"]
+
+
+def test_a_dataset_logged_by_two_workers_at_once_is_linked_not_refused():
+    """MLflow looks a dataset up, then inserts it: the slower of two workers breaks the unique
+    key (seen on PostgreSQL in CI) and is asked once more, when the dataset exists."""
+    from mlflow.exceptions import RestException
+
+    from tasks.tracking import datasets
+
+    class RacingClient:
+        calls = 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.calls == 1:
+                raise RestException({"error_code": "BAD_REQUEST", "message": '(psycopg2.errors.UniqueViolation) duplicate key '
+                                     'value violates unique constraint "dataset_pk"'})
+
+        def log_batch(self, *args, **kwargs):
+            pass
+
+    client = RacingClient()
+    dataset = datasets.Dataset(name="bundled-h1-w20", digest="cc9b449d", source_type="code", source="{}", profile="{}")
+    datasets.log_dataset_input(client, "run", dataset)
+    assert client.calls == 2
+
+    class BrokenClient(RacingClient):
+        def log_inputs(self, run_id, datasets):
+            raise RestException({"error_code": "BAD_REQUEST", "message": "something else"})
+
+    with pytest.raises(RestException, match="something else"):
+        datasets.log_dataset_input(BrokenClient(), "run", dataset)
+
+
 def test_cli_logs_into_every_study_of_the_horizon(config, panel_csv):
     from flows.cli import app
 

@@ -40,8 +40,9 @@ def test_the_trials_table_has_a_row_per_trial_that_ran_in_order_with_its_archite
 
 def test_artifact_keys_and_mlflow_links():
     assert trials_artifact_key("smoke-20M_h5_v2") == "trials-smoke-20m-h5-v2"
-    url = experiment_url("http://mlflow-host:5000/", "7")
+    url = experiment_url("http://mlflow-host:5000/", "7", trials_view=False)
     assert url == f"http://mlflow-host:5000/#/experiments/7/runs?{T.UI_WORKFLOW}"
+    assert experiment_url("http://mlflow-host:5000/", "7").endswith(f"{T.UI_WORKFLOW}&viewStateShareKey=trials")
     assert T.UI_WORKFLOW == "workflowType=machine_learning"
 
 

@@ -30,7 +30,7 @@ from schemas import tracking as T
 from schemas.config import DataConfig
 from tasks.data.dataset import BUNDLED, DatasetMismatch, dataset_fingerprint, feature_names, mismatch_message
 from tasks.data.prepared import SPLITS, PreparedData
-from tasks.tracking.runs import log_batch, set_tag
+from tasks.tracking.runs import log_batch, once_more_on_an_insert_race, set_tag
 
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag for how a run used the dataset
 BUNDLED_SOURCE = "arch.data.sp500 + arch.data.nasdaq (daily OHLCV 1999-2018, shipped by the arch package)"
@@ -104,7 +104,8 @@ def prepared_dataset_entity(path: Path, data: DataConfig) -> Dataset:
 def log_dataset_input(client: MlflowClient, run_id: str, dataset: Dataset, context: str = "training") -> None:
     """The dataset as an input of the run (context `training`: the run fitted on its train split,
     chose on val and, for baselines and a study's best trial, reported test)."""
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset, tags=[InputTag(CONTEXT_TAG, context)])])
+    inputs = [DatasetInput(dataset=dataset, tags=[InputTag(CONTEXT_TAG, context)])]
+    once_more_on_an_insert_race(lambda: client.log_inputs(run_id, datasets=inputs))  # two workers, one new dataset
     log_batch(client, run_id, params=data_params(dataset))
 
 

@@ -130,11 +130,12 @@ def _is_duplicate_key(exc: MlflowException) -> bool:
     return "UniqueViolation" in text or "UNIQUE constraint failed" in text or "Duplicate entry" in text
 
 
-def _once_more_on_a_tag_race(call):
-    """Run `call`, and once more when it lost a race with another worker writing the same tag of
-    the same run: MLflow's SQL store inserts a new tag without a lock, so the second of two
-    simultaneous writers gets a unique-key violation (seen with two workers opening one study on
-    PostgreSQL); the row exists by then and the retry updates it."""
+def once_more_on_an_insert_race(call):
+    """Run `call`, and once more when it lost a race with another worker inserting the same row:
+    MLflow's SQL store looks a tag (or a dataset) up, then inserts it, without a lock, so the
+    second of two simultaneous writers gets a unique-key violation (seen with two workers opening
+    one study on PostgreSQL, and two logging one new dataset); the row exists by then and the
+    retry updates or links it."""
     try:
         return call()
     except MlflowException as exc:
@@ -145,7 +146,7 @@ def _once_more_on_a_tag_race(call):
 
 def set_tag(client: MlflowClient, run_id: str, key: str, value: object) -> None:
     """`client.set_tag`, safe when another worker sets the same tag at the same moment."""
-    _once_more_on_a_tag_race(lambda: client.set_tag(run_id, key, str(value)))
+    once_more_on_an_insert_race(lambda: client.set_tag(run_id, key, str(value)))
 
 
 def log_batch(client: MlflowClient, run_id: str, params: dict | None = None, metrics: dict | None = None,
@@ -153,7 +154,7 @@ def log_batch(client: MlflowClient, run_id: str, params: dict | None = None, met
     """One round trip for params, metrics and tags; non-finite metrics are skipped, not fatal;
     safe when another worker writes the same tag at the same moment."""
     now = int(time.time() * 1000)
-    _once_more_on_a_tag_race(lambda: client.log_batch(
+    once_more_on_an_insert_race(lambda: client.log_batch(
         run_id,
         metrics=[
             Metric(k, float(v), now, step)

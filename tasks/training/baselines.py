@@ -315,29 +315,45 @@ def run_baselines(
     done = finished_baselines(client, experiment_id, key)
     missing = [model for model in models if model not in done]
     if missing:
-        # once across workers: two workers opening one study fit and log each baseline once
-        claims = Claims(optuna_storage(config.stores), study, stale_after_s=config.study.heartbeat_grace_s)
-        claim = f"baselines/{key}/{','.join(missing)}"
-        if claims.claim_or_wait(claim):
-            with claims.held(claim):
-                _fit_and_log(client, config, experiment_id, study, horizon, key, missing, settings)
+        _fit_and_log_once(client, config, experiment_id, study, horizon, key, missing, settings)
         done = finished_baselines(client, experiment_id, key)
     else:
         log.info("%s h%d: baselines %s reused (key %s)", study, horizon, ", ".join(models), key)
     return {model: float(done[model].data.metrics["val_auc"]) for model in models if model in done}
 
 
-def _fit_and_log(client: MlflowClient, config: HpoConfig, experiment_id: str, study: str, horizon: int, key: str,
-                 missing: list[str], settings: BaselineSettings) -> None:
-    data, _ = cached_dataset(config.data, horizon, config.stores.cache_dir)
-    parent = study_parent_run(client, experiment_id, study)
-    dataset = dataset_entity(data, config.data)
+def _fit_and_log_once(client: MlflowClient, config: HpoConfig, experiment_id: str, study: str, horizon: int,
+                      key: str, missing: list[str], settings: BaselineSettings) -> None:
+    """Each missing baseline fitted and logged by one worker: a claim per (key, model), so two
+    workers whose views of what is missing differ (one read while the other was logging) still
+    never log one model twice. The holder checks again under its claim; a model whose claim is
+    done but whose run is gone (deleted meanwhile) is claimed again."""
+    claims = Claims(optuna_storage(config.stores), study, stale_after_s=config.study.heartbeat_grace_s)
+    loaded: list = []  # the dataset, read once and only when a model is fitted here
+
+    def data_and_parent():
+        if not loaded:
+            data, _ = cached_dataset(config.data, horizon, config.stores.cache_dir)
+            loaded.extend([data, study_parent_run(client, experiment_id, study), dataset_entity(data, config.data)])
+        return loaded
+
     for model in missing:
-        if (key, model) not in _FITTED:
-            _FITTED[key, model] = fit_baseline(data, model, settings)
-        result = _FITTED[key, model]
-        log_baseline(client, experiment_id, study, horizon, key, config.data, result, parent, dataset)
-        log.info("%s h%d baseline %s: val AUC %.4f, test AUC %.4f", study, horizon, model, result.val_auc, result.test_auc)
+        claim = f"baselines/{key}/{model}"
+        for _attempt in range(2):
+            if claims.claim_or_wait(claim):
+                with claims.held(claim):
+                    if model not in finished_baselines(client, experiment_id, key):
+                        data, parent, dataset = data_and_parent()
+                        if (key, model) not in _FITTED:
+                            _FITTED[key, model] = fit_baseline(data, model, settings)
+                        result = _FITTED[key, model]
+                        log_baseline(client, experiment_id, study, horizon, key, config.data, result, parent, dataset)
+                        log.info("%s h%d baseline %s: val AUC %.4f, test AUC %.4f",
+                                 study, horizon, model, result.val_auc, result.test_auc)
+                break
+            if model in finished_baselines(client, experiment_id, key):
+                break
+            claims.reopen(claim)  # done by another worker, yet its run is not there: fit it again
 
 
 # --- the `hpo baselines` command's helpers ---
