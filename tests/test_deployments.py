@@ -98,6 +98,9 @@ def _environment(home: Path, api_url: str, checkout: Path) -> dict[str, str]:
         PREFECT_API_URL=api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_WORKER_QUERY_SECONDS="2",  # pick the run up in seconds, not the default 10
+        # what README's profile sets: the server streams logs, so `--watch` shows them
+        PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED="true",
+        PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED="true",
         COLUMNS="200",  # rich wraps CLI output at 80 columns otherwise
         PYTHONUNBUFFERED="1",
     )
@@ -275,6 +278,42 @@ def test_20M_rerun_with_the_smoke_switch_completes_with_its_trials_in_mlflow(pre
         optuna_trials = optuna.load_study(study_name=study, storage=f"sqlite:///{stores / 'optuna.db'}").get_trials()
         complete = [t for t in optuna_trials if t.state == TrialState.COMPLETE]
         assert sorted(t.user_attrs["mlflow_run_id"] for t in complete) == sorted(r.info.run_id for r in trials)
+
+    # What the user sees (issue 23): `--watch` streams the parent run's logs, which hold the
+    # studies' trial lines (flows/watch.py), their progress and their MLflow links.
+    for line in ("smoke-20M_h1_v2 #0 complete: val AUC 0.", "smoke-20M_h3_v2 #1 complete: val AUC 0.",
+                 f"smoke-20M_h1_v2: {N_TRIALS}/{N_TRIALS} trials done, best val AUC", "; MLflow run "):
+        assert line in output, f"`--watch` does not show {line!r}:\n{output[-6000:]}"
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId,
+    )
+
+    def logs_of(client, run_id) -> str:
+        return "\n".join(e.message for e in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200))
+
+    with _client(prefect_stack) as client:
+        assert flow_run.name == "20M-rerun: 20M_h1_v2+20M_h3_v2 smoke"
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id])))
+        assert sorted(child.name for child in children) == ["smoke-20M_h1_v2", "smoke-20M_h3_v2"]
+        child_logs = {child.name: logs_of(client, child.id) for child in children}
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+        child_artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[child.id for child in children])))
+    h1 = child_logs["smoke-20M_h1_v2"]
+    assert "smoke-20M_h1_v2 #0 complete: val AUC 0." in h1 and "MLflow experiment smoke-20M_h1_v2 in sqlite:" in h1, h1
+    assert f"smoke-20M_h1_v2 complete: {N_TRIALS}/{N_TRIALS} trials" in h1, h1
+    assert "registered model smoke-20M_h1_v2 version 1" in h1, h1
+    [studies] = [a for a in artifacts if a.key == "studies"]
+    assert "| smoke-20M_h1_v2 | complete |" in studies.data and "| smoke-20M_h3_v2 | complete |" in studies.data, studies.data
+    # one trials table and one progress bar per study run, not one card per update
+    assert sorted(a.key for a in child_artifacts) == ["progress-smoke-20m-h1-v2", "progress-smoke-20m-h3-v2",
+                                                      "trials-smoke-20m-h1-v2", "trials-smoke-20m-h3-v2"]
+
+    # a second run has nothing to do, and says so where the user looks
+    again = prefect_stack.cli(*command, timeout=600)
+    again_output = again.stdout + again.stderr
+    assert again.returncode == 0, again_output[-4000:]
+    assert again_output.count("already complete") == 2 and "nothing to run" in again_output, again_output[-4000:]
 
 
 def test_a_campaign_stage_hands_each_study_to_the_work_pool_and_waits_for_them(prefect_stack: PrefectStack, tmp_path):
