@@ -13,7 +13,6 @@ import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
-from models.arch_grid import get_architectures_for_budget
 from schemas import tracking as T
 from schemas.config import HpoConfig, StoreConfig, StudySpec
 from tasks.study import checkpoints
@@ -63,7 +62,7 @@ def test_only_the_best_finished_trials_weights_are_kept_here_and_in_mlflow(store
 
 
 @pytest.mark.slow
-def test_finishing_without_the_best_weights_fails_and_a_rerun_with_them_registers_the_model(smoke_config: HpoConfig):
+def test_finishing_without_the_best_weights_fails_and_a_rerun_with_them_registers_the_model(smoke_config: HpoConfig, monkeypatch):
     from tasks.study.finish import finish_study
     from tasks.study.store import open_study
     from tasks.training.trainer import build_model
@@ -115,7 +114,13 @@ def test_finishing_without_the_best_weights_fails_and_a_rerun_with_them_register
     # (the tag is gone) is evaluated again, so the report's fill command (`hpo run ... --version N`) works.
     tag = T.predictions_tag("test")
     assert client.get_run(run_id).data.tags[tag]
-    assert "model_version" not in finish_study(handle)  # the shortcut: no evaluation, no model logged
+    from tasks.study import finish
+
+    with monkeypatch.context() as patched:  # the shortcut: no evaluation, no model logged
+        patched.setattr(finish, "evaluate_on_test", lambda *a, **k: pytest.fail("a finished study evaluated again"))
+        shortcut = finish_study(handle)
+    assert shortcut["model_version"] == summary["model_version"]  # the version registered before, named again
+    assert len(client.search_model_versions("name = 'smoke_h1'")) == 1
     client.delete_tag(run_id, tag)
     again = finish_study(handle)
     assert again["best_test_auc"] == pytest.approx(summary["best_test_auc"], abs=1e-6)

@@ -314,6 +314,7 @@ def test_20M_rerun_with_the_smoke_switch_completes_with_its_trials_in_mlflow(pre
     again_output = again.stdout + again.stderr
     assert again.returncode == 0, again_output[-4000:]
     assert again_output.count("already complete") == 2 and "nothing to run" in again_output, again_output[-4000:]
+    assert "registered model smoke-20M_h1_v2 version 1" in again_output, again_output[-4000:]  # named again, not registered again
 
 
 def test_a_campaign_stage_hands_each_study_to_the_work_pool_and_waits_for_them(prefect_stack: PrefectStack, tmp_path):

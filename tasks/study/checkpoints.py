@@ -169,6 +169,14 @@ SERIALIZATION_FORMAT = "pt2"
 EXAMPLE_WINDOWS = 4  # the input example: a few val windows (more than one: the batch stays dynamic)
 
 
+
+def registered_version(client: MlflowClient, study: str, study_run_id: str, best_trial: object) -> str | None:
+    """The version of registered model `study` that holds this study run's `best_trial`, if any."""
+    for version in client.search_model_versions(f"name = '{study}' and run_id = '{study_run_id}'"):
+        if version.tags.get("best_trial") == str(best_trial):
+            return str(version.version)
+    return None
+
 def log_best_model(
     client: MlflowClient,
     study_run_id: str,
@@ -181,9 +189,9 @@ def log_best_model(
     """Log the weights as an MLflow PyTorch model (signature, input example) on the study run
     and register it as a version of the registered model `study`, with `tags` on the version;
     the version. Idempotent: a version of this study run with the same best trial is reused."""
-    for version in client.search_model_versions(f"name = '{study}' and run_id = '{study_run_id}'"):
-        if version.tags.get("best_trial") == str(tags.get("best_trial")):
-            return str(version.version)
+    registered = registered_version(client, study, study_run_id, tags.get("best_trial"))
+    if registered is not None:
+        return registered
 
     import mlflow.pytorch
     import torch

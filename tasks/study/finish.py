@@ -55,6 +55,7 @@ def finish_study(handle: StudyHandle, stop_reason: str | None = None) -> dict[st
         # finished before (a campaign resuming, or a second worker): nothing new to evaluate. A study
         # finished by a version that logged no test scores is evaluated again: the report needs them.
         summary["best_test_auc"] = recorded.metrics.get("best_test_auc")
+        summary["model_version"] = checkpoints.registered_version(client, handle.name, parent, best.number)
         checkpoints.remove_local(handle.checkpoint_dir)
         return summary
     claims = Claims(handle.storage, handle.name, stale_after_s=handle.config.study.heartbeat_grace_s)
@@ -159,6 +160,8 @@ def study_summary(handle: StudyHandle) -> dict[str, object]:
     summary: dict[str, object] = {"study": handle.name, **handle.counts(), "n_trials": handle.config.study.n_trials,
                                   "state": recorded.tags.get(T.TAG_STUDY_STATE, "running")}
     if T.TAG_BEST_TRIAL in recorded.tags:
-        summary.update(best_trial=int(recorded.tags[T.TAG_BEST_TRIAL]), best_val_auc=recorded.metrics.get("best_val_auc"),
-                       best_test_auc=recorded.metrics.get("best_test_auc"))
+        best_trial = int(recorded.tags[T.TAG_BEST_TRIAL])
+        summary.update(best_trial=best_trial, best_val_auc=recorded.metrics.get("best_val_auc"),
+                       best_test_auc=recorded.metrics.get("best_test_auc"),
+                       model_version=checkpoints.registered_version(handle.client, handle.name, handle.parent_run_id, best_trial))
     return summary
