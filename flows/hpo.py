@@ -60,16 +60,28 @@ def study_flow(spec: StudySpec, config: HpoConfig) -> dict:
     return finish_study_task(study, config, stop_reason)
 
 
-def publish_outcome(summaries: list[dict], key: str = "studies") -> None:
-    """The studies' outcome as one markdown card on the parent flow run: state, best, test AUC."""
-    rows = ["| study | state | done | best trial | best val AUC | test AUC | model version |", "|---|---|---|---|---|---|---|"]
-    figure = lambda value: f"{value:.4f}" if isinstance(value, float) else "–"
+def outcome_markdown(summaries: list[dict]) -> str:
+    """Each study's state, best, test AUC, model version and MLflow runs, as a markdown table."""
+    rows = ["| study | state | done | best trial | best val AUC | test AUC | model version | MLflow |",
+            "|---|---|---|---|---|---|---|---|"]
+    figure = lambda value: f"{value:.4f}" if isinstance(value, float) else "–"  # noqa: E731
+    stores = sorted({s["mlflow_store"] for s in summaries if s.get("mlflow_store")})
     for s in summaries:
+        where = (f"[trials]({s['mlflow_url']})" if s.get("mlflow_url")
+                 else f"experiment {s['mlflow_experiment']}" if s.get("mlflow_experiment") else "–")
         rows.append(f"| {s['study']} | {s.get('state', '?')} | {s.get('done', '?')}/{s.get('n_trials', '?')} | "
                     f"{s.get('best_trial', '–')} | {figure(s.get('best_val_auc'))} | {figure(s.get('best_test_auc'))} | "
-                    f"{s.get('model_version') or '–'} |")
+                    f"{s.get('model_version') or '–'} | {where} |")
+    for uri in stores:  # an embedded store has no UI of its own: say how to open one on it
+        rows.append(f"\nMLflow store `{uri}`: open it with `mlflow ui --backend-store-uri {uri}`.")
+    return "\n".join(rows)
+
+
+def publish_outcome(summaries: list[dict], key: str = "studies") -> None:
+    """The studies' outcome as one markdown card on the parent flow run (outcome_markdown)."""
     try:
-        create_markdown_artifact("\n".join(rows), key=key, description="each study's outcome (val AUC selects, test AUC judges)")
+        create_markdown_artifact(outcome_markdown(summaries), key=key,
+                                 description="each study's outcome (val AUC selects, test AUC judges)")
     except Exception as exc:  # noqa: BLE001 - a view; the flow's result stands without it
         log.warning("outcome artifact not published: %s", exc)
 

@@ -75,4 +75,20 @@ def test_a_study_run_shows_its_trials_and_a_rerun_says_it_has_nothing_to_run(smo
     assert "smoke_h1_v2: 2/2 trials done, best val AUC" in table.description  # the live progress line, ETA and all
     assert next(a for a in artifacts if a.key.startswith("progress")).data == 100.0
     assert [a.key for a in outcome] == ["studies"] and "| smoke_h1_v2 | complete | 2/2 |" in outcome[0].data
+    assert "| 1 | experiment " in outcome[0].data and "mlflow ui --backend-store-uri sqlite:" in outcome[0].data, outcome[0].data
+    (again_summary,) = again.result()
+    assert again_summary["model_version"] == summary["model_version"] == "1"  # a rerun names the version registered before
     assert any("smoke_h1_v2 already complete: 2/2 trials done, best val AUC" in m and "nothing to run" in m for m in rerun_logs), rerun_logs
+
+
+def test_the_outcome_card_links_each_study_to_its_trials_in_mlflow():
+    from flows.hpo import outcome_markdown
+
+    served = {"study": "20M_h1_v2", "state": "complete", "done": 50, "n_trials": 50, "best_trial": 17, "best_val_auc": 0.5712,
+              "best_test_auc": 0.5601, "model_version": "2", "mlflow_url": "http://mlflow:5000/#/experiments/4/runs?x"}
+    stopped = {"study": "20M_h3_v2", "state": "stopped", "done": 3, "n_trials": 50, "mlflow_store": "sqlite:///m.db",
+               "mlflow_experiment": "5"}
+    card = outcome_markdown([served, stopped])
+    assert "| 20M_h1_v2 | complete | 50/50 | 17 | 0.5712 | 0.5601 | 2 | [trials](http://mlflow:5000/#/experiments/4/runs?x) |" in card
+    assert "| 20M_h3_v2 | stopped | 3/50 | – | – | – | – | experiment 5 |" in card
+    assert card.endswith("open it with `mlflow ui --backend-store-uri sqlite:///m.db`.")

@@ -148,7 +148,16 @@ def finish_study_task(study: str, config: HpoConfig, stop_reason: str | None = N
     handle = store.attach_study(study, config)
     summary = finish.finish_study(handle, stop_reason)
     log.info(finish_line(summary) + "; " + mlflow_link(handle))
-    return summary
+    return {**summary, **mlflow_location(handle)}
+
+
+def mlflow_location(handle: store.StudyHandle) -> dict[str, str]:
+    """Where the study's runs are, for the outcome card: the experiment's URL on a tracking
+    server (the saved trials view), else the embedded store and the experiment's id."""
+    uri = handle.client.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return {"mlflow_url": experiment_url(uri, handle.experiment_id)}
+    return {"mlflow_store": uri, "mlflow_experiment": str(handle.experiment_id)}
 
 
 def finish_line(summary: dict) -> str:
@@ -167,7 +176,8 @@ def finish_line(summary: dict) -> str:
 @task(name="study-summary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_refused)
 def read_study_summary_task(study: str, config: HpoConfig) -> dict:
     """A study's outcome as the stores hold it (read only): what a worker elsewhere left."""
-    return finish.study_summary(store.attach_study(study, config))
+    handle = store.attach_study(study, config)
+    return {**finish.study_summary(handle), **mlflow_location(handle)}
 
 
 @task(name="supplemental-trials", cache_policy=NO_CACHE)
