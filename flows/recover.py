@@ -10,6 +10,7 @@ from pathlib import Path
 from prefect import flow
 
 import flows  # noqa: F401 - see flows/__init__: runs it when Prefect loads this file as a script
+from flows.run_names import recover_run_name
 from schemas.legacy import RecoverReport, RecoverRequest
 from tasks.legacy.grids import load_grid
 from tasks.legacy.importer import source_artifact
@@ -23,7 +24,7 @@ from tasks.legacy.tasks import (
 )
 
 
-@flow(name="recover")
+@flow(name="recover", flow_run_name=recover_run_name)
 def recover(request: RecoverRequest) -> RecoverReport:
     """Recover every input; with `strict`, any problem means nothing is written or imported. A grid
     spec or storage that cannot be read stops the flow before anything is written."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import flow
 
 import flows  # noqa: F401 - see flows/__init__: runs it when Prefect loads this file as a script
+from flows.run_names import report_run_name
 from schemas.config import SearchSpace, StoreConfig
 from tasks.report.render import ReportFiles
 from tasks.report.tasks import (
@@ -25,7 +26,7 @@ from tasks.report.tasks import (
 )
 
 
-@flow(name="report", log_prints=True)
+@flow(name="report", flow_run_name=report_run_name, log_prints=True)
 def report(stores: StoreConfig = StoreConfig(), out: Path = Path("reports"), search: SearchSpace = SearchSpace(),
            log_to_mlflow: bool = True) -> ReportFiles:  # fmt: skip
     """Write the cross-budget report of every study in MLflow to `out` and publish it."""

@@ -6,11 +6,12 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 import flows  # noqa: F401 - see flows/__init__: runs it when Prefect loads this file as a script
+from flows.run_names import retrain_run_name
 from schemas.config import HpoConfig
 from tasks.study.tasks import retrain_trial_task
 
 
-@flow(name="retrain")
+@flow(name="retrain", flow_run_name=retrain_run_name)
 def retrain_flow(trials: list[str], config: HpoConfig = HpoConfig(), seeds: int = 1) -> list[dict]:
     """Re-train each `STUDY #TRIAL` (given as "STUDY TRIAL", e.g. "2M_h5 17"), one after another;
     each with `seeds` seeds; a seed with test scores from an earlier re-training is skipped."""

@@ -6,11 +6,12 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 import flows  # noqa: F401 - see flows/__init__: runs it when Prefect loads this file as a script
+from flows.run_names import supplemental_run_name
 from schemas.config import HpoConfig
 from tasks.study.tasks import run_supplemental_plan_task
 
 
-@flow(name="supplemental")
+@flow(name="supplemental", flow_run_name=supplemental_run_name)
 def supplemental_flow(plan: str = "2M-L64", config: HpoConfig = HpoConfig(), smoke: bool = False) -> list[dict]:
     """Run a supplemental plan ("2M-L64" or "20M-h5-L160-180"); completed entries are skipped."""
     if smoke:

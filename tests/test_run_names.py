@@ -31,3 +31,32 @@ def test_the_printed_link_opens_the_saved_trials_view():
     assert state["searchFilter"] == "tags.run_kind = 'trial'" and state["orderByAsc"] is False
     assert state["selectedColumns"][0] == "metrics.`val_auc`" and "params.`n_heads`" in state["selectedColumns"]
 
+
+
+def test_flow_runs_are_named_after_what_they_run(prefect_harness):
+    """Prefect calls these inside the run; here with tiny flows of the same parameters."""
+    from prefect import flow
+    from prefect.runtime import flow_run
+
+    from flows import run_names
+
+    @flow(flow_run_name=run_names.retrain_run_name)
+    def retrain(trials: list[str]) -> str:
+        return flow_run.name
+
+    @flow(flow_run_name=run_names.supplemental_run_name)
+    def supplemental(plan: str, smoke: bool = False) -> str:
+        return flow_run.name
+
+    @flow(flow_run_name=run_names.report_run_name)
+    def report() -> str:
+        return flow_run.name
+
+    @flow(flow_run_name=run_names.recover_run_name)
+    def recover(request: dict) -> str:
+        return flow_run.name
+
+    assert retrain(["smoke_h1 3", "smoke_h1 5"]) == "retrain smoke_h1 #3, smoke_h1 #5"
+    assert supplemental("20M-h5-L160-180", smoke=True) == "supplemental 20M-h5-L160-180 smoke"
+    assert report() == "report"  # from the deployment: `report cross-budget`
+    assert recover({"inputs": ["a.log", "b.log"]}) == "recover 2 input(s)"
