@@ -52,12 +52,13 @@ def rename_flow_run(name: str) -> None:
 def study_flow(spec: StudySpec, config: HpoConfig) -> dict:
     """One (budget, horizon) study until it has `n_trials` done trials (complete, plus pruned with a
     pruner), or this run stops."""
-    study = open_study_task(spec, config)
-    rename_flow_run(study)
-    if config.study.baselines:
-        fit_baselines(config, study, spec.horizon)
-    stop_reason = run_trials_as_tasks(study, config)  # the study loop; each trial is a task run
-    return finish_study_task(study, config, stop_reason)
+    with watched_run():  # run alone (`study/one` from a campaign): its lines in the campaign run's logs too
+        study = open_study_task(spec, config)
+        rename_flow_run(study)
+        if config.study.baselines:
+            fit_baselines(config, study, spec.horizon)
+        stop_reason = run_trials_as_tasks(study, config)  # the study loop; each trial is a task run
+        return finish_study_task(study, config, stop_reason)
 
 
 def outcome_markdown(summaries: list[dict]) -> str:

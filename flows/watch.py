@@ -2,10 +2,11 @@
 
 `prefect deployment run hpo/20M-rerun --watch` and a flow run's Logs tab show the logs of THAT flow
 run only, while trials run in the study subflows under it (their task runs log there): the watch
-showed state changes and heartbeats for 14 minutes, no trial line. Inside `watched_run()` (the hpo
-and campaign flows open it), each "hpo" record logged in a subflow or one of its task runs is also
-sent to the watched (outermost) flow run, so the parent's Logs tab and `--watch` read like the
-terminal; the subflow keeps its own copy.
+showed state changes and heartbeats for 14 minutes, no trial line. Inside `watched_run()` (the hpo,
+campaign and study flows open it), each "hpo" record logged in a subflow or one of its task runs is
+also sent to the watched (outermost) flow run, so the parent's Logs tab and `--watch` read like the
+terminal; the subflow keeps its own copy. (`--watch` also needs a server that streams logs: README,
+PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED.)
 """
 
 from __future__ import annotations
@@ -23,13 +24,21 @@ _WATCHED: ContextVar[UUID | None] = ContextVar("hpo_watched_flow_run", default=N
 
 @contextmanager
 def watched_run() -> Iterator[None]:
-    """This flow run is the one watched, unless an outer flow run already is."""
+    """The outermost flow run of this one is the one watched: an outer flow run of this process
+    already set, else the root of this run's tree (a study that a campaign handed to the work pool
+    runs in a worker's process of its own, a child of the campaign's run: its lines go to the
+    campaign's logs), else this run."""
     from prefect.runtime import flow_run
 
     if _WATCHED.get() is not None or not flow_run.id:
         yield
         return
-    token = _WATCHED.set(UUID(str(flow_run.id)))
+    try:
+        root = flow_run.root_flow_run_id  # reads the run's ancestors from the API
+    except Exception as exc:  # noqa: BLE001 - a view; the run goes on, its lines stay in its own logs
+        logging.getLogger("hpo").debug("root flow run not read: %s", exc)
+        root = None
+    token = _WATCHED.set(UUID(str(root or flow_run.id)))
     try:
         yield
     finally:

@@ -350,9 +350,15 @@ def test_a_campaign_stage_hands_each_study_to_the_work_pool_and_waits_for_them(p
     with _client(prefect_stack) as client:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
         study_deployment = client.read_deployment_by_name("study/one")
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        stage_logs = "\n".join(e.message for e in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[parent_id])), limit=200))
     assert sorted(run.name for run in children) == ["smoke_h1", "smoke_h3"]
     assert {run.deployment_id for run in children} == {study_deployment.id}
     assert {run.state.type.value for run in children} == {"COMPLETED"}
+    # the studies ran in the worker's processes, yet their lines are in the stage's logs (`--watch`)
+    for study in ("smoke_h1", "smoke_h3"):
+        assert f"{study} #0 complete: val AUC 0." in stage_logs and f"{study} complete: 1/1 trials" in stage_logs, stage_logs[-4000:]
     # trained by the worker's flow-run processes, not by this one
     mlflow = MlflowClient(config.stores.mlflow_uri)
     for study in ("smoke_h1", "smoke_h3"):
