@@ -58,7 +58,7 @@ class TrialProgress:
             self._progress.update(
                 task,
                 completed=event["epoch"],
-                description=f"  #{number} epoch {event['epoch']}: val/auc={event['val/auc']:.4f} train/loss={event['train/loss']:.4f}",
+                description=f"  #{number} epoch {event['epoch']}: val AUC {event['val/auc']:.4f}, train loss {event['train/loss']:.4f}",
             )
 
     def trial_finished(self, study: str, number: int, summary: str) -> None:
