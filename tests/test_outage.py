@@ -205,3 +205,22 @@ def test_an_mlflow_server_down_past_the_budget_stops_the_worker_and_its_trial_is
     finally:
         if server.poll() is None:
             stop_server(server)
+
+
+def test_every_call_optunas_cache_makes_on_its_backend_waits_out_an_outage():
+    """Seen in CI: an outage during a draw (suggest_categorical -> _CachedStorage.set_trial_param
+    -> backend._set_trial_param) killed the worker instead of waiting, because Optuna's cache
+    calls private backend methods. Every backend method the cache calls is a patient one."""
+    import inspect
+    import re
+
+    from optuna.storages import RDBStorage
+    from optuna.storages._cached_storage import _CachedStorage
+
+    from tasks.study.patience import PatientRDBStorage
+
+    called = set(re.findall(r"self\._backend\.(\w+)\(", inspect.getsource(_CachedStorage)))
+    assert {"_set_trial_param", "_create_new_trial", "set_trial_state_values"} <= called
+    impatient = sorted(name for name in called if hasattr(RDBStorage, name) and not name.startswith("get_heartbeat")
+                       and getattr(PatientRDBStorage, name) is getattr(RDBStorage, name))
+    assert impatient == []

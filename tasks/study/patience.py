@@ -35,6 +35,9 @@ STORAGE_CALLS = (
     "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
     "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
     "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+    # what Optuna's _CachedStorage (every study's storage wraps ours in it) calls directly on its
+    # backend, skipping the public methods: a draw's set_trial_param is `_set_trial_param` there
+    "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
 )
 FIRST_WAIT_S, LONGEST_WAIT_S, SAY_EVERY_S = 1.0, 30.0, 60.0
 
