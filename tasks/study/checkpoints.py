@@ -169,13 +169,13 @@ SERIALIZATION_FORMAT = "pt2"
 EXAMPLE_WINDOWS = 4  # the input example: a few val windows (more than one: the batch stays dynamic)
 
 
-
 def registered_version(client: MlflowClient, study: str, study_run_id: str, best_trial: object) -> str | None:
     """The version of registered model `study` that holds this study run's `best_trial`, if any."""
     for version in client.search_model_versions(f"name = '{study}' and run_id = '{study_run_id}'"):
         if version.tags.get("best_trial") == str(best_trial):
             return str(version.version)
     return None
+
 
 def log_best_model(
     client: MlflowClient,

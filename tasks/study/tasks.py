@@ -29,7 +29,7 @@ from tasks.refusals import retry_unless_refused
 from tasks.study import finish, loop, retrain, store, supplemental
 from tasks.study.progress import current_progress, progress_line, trials_table
 from tasks.study.trial import TrialResult, run_trial
-from tasks.tracking.runs import experiment_url
+from tasks.tracking.runs import experiment_url, serves_artifacts
 
 log = logging.getLogger("hpo")
 
@@ -63,7 +63,7 @@ def mlflow_link(handle: store.StudyHandle, run_id: str | None = None) -> str:
     """The study's runs (or one run) in the MLflow UI of a tracking server; with an embedded store
     (no UI of its own), the run id and the store, for `mlflow ui` (README, Prefect and MLflow UIs)."""
     uri = handle.client.tracking_uri
-    if not uri.startswith(("http://", "https://")):
+    if not serves_artifacts(handle.client):
         return f"MLflow run {run_id} in {uri}" if run_id else f"MLflow experiment {handle.name} in {uri}"
     if run_id:
         return f"MLflow run {uri.rstrip('/')}/#/experiments/{handle.experiment_id}/runs/{run_id}"
@@ -155,7 +155,7 @@ def mlflow_location(handle: store.StudyHandle) -> dict[str, str]:
     """Where the study's runs are, for the outcome card: the experiment's URL on a tracking
     server (the saved trials view), else the embedded store and the experiment's id."""
     uri = handle.client.tracking_uri
-    if uri.startswith(("http://", "https://")):
+    if serves_artifacts(handle.client):
         return {"mlflow_url": experiment_url(uri, handle.experiment_id)}
     return {"mlflow_store": uri, "mlflow_experiment": str(handle.experiment_id)}
 

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 from mlflow.entities import Dataset, Run
@@ -329,13 +329,11 @@ def _fit_and_log_once(client: MlflowClient, config: HpoConfig, experiment_id: st
     never log one model twice. The holder checks again under its claim; a model whose claim is
     done but whose run is gone (deleted meanwhile) is claimed again."""
     claims = Claims(optuna_storage(config.stores), study, stale_after_s=config.study.heartbeat_grace_s)
-    loaded: list = []  # the dataset, read once and only when a model is fitted here
 
-    def data_and_parent():
-        if not loaded:
-            data, _ = cached_dataset(config.data, horizon, config.stores.cache_dir)
-            loaded.extend([data, study_parent_run(client, experiment_id, study), dataset_entity(data, config.data)])
-        return loaded
+    @cache
+    def prepared() -> tuple[PreparedData, str | None, Dataset]:  # read once, and only when a model is fitted here
+        data, _ = cached_dataset(config.data, horizon, config.stores.cache_dir)
+        return data, study_parent_run(client, experiment_id, study), dataset_entity(data, config.data)
 
     for model in missing:
         claim = f"baselines/{key}/{model}"
@@ -343,17 +341,20 @@ def _fit_and_log_once(client: MlflowClient, config: HpoConfig, experiment_id: st
             if claims.claim_or_wait(claim):
                 with claims.held(claim):
                     if model not in finished_baselines(client, experiment_id, key):
-                        data, parent, dataset = data_and_parent()
-                        if (key, model) not in _FITTED:
-                            _FITTED[key, model] = fit_baseline(data, model, settings)
-                        result = _FITTED[key, model]
-                        log_baseline(client, experiment_id, study, horizon, key, config.data, result, parent, dataset)
-                        log.info("%s h%d baseline %s: val AUC %.4f, test AUC %.4f",
-                                 study, horizon, model, result.val_auc, result.test_auc)
+                        _fit_and_log(client, config, experiment_id, study, horizon, key, model, settings, *prepared())
                 break
             if model in finished_baselines(client, experiment_id, key):
                 break
             claims.reopen(claim)  # done by another worker, yet its run is not there: fit it again
+
+
+def _fit_and_log(client: MlflowClient, config: HpoConfig, experiment_id: str, study: str, horizon: int, key: str,
+                 model: str, settings: BaselineSettings, data: PreparedData, parent: str | None, dataset: Dataset) -> None:
+    if (key, model) not in _FITTED:
+        _FITTED[key, model] = fit_baseline(data, model, settings)
+    result = _FITTED[key, model]
+    log_baseline(client, experiment_id, study, horizon, key, config.data, result, parent, dataset)
+    log.info("%s h%d baseline %s: val AUC %.4f, test AUC %.4f", study, horizon, model, result.val_auc, result.test_auc)
 
 
 # --- the `hpo baselines` command's helpers ---
