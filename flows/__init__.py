@@ -12,6 +12,23 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
+def prefect_client_retries(budget_s: float) -> int:
+    """How many retries Prefect's API client needs to wait out an outage of `budget_s`: it waits
+    2^n s (+-20% jitter) before retry n, so its default 5 retries give up after about a minute,
+    and a flow run whose state it could not set then crashes. The outage budget is the one the
+    Optuna storage and MLflow's client wait out (StoreConfig.outage_budget_s)."""
+    retries, total = 0, 0.0
+    while total < budget_s:
+        retries += 1
+        total += 2.0**retries
+    return retries
+
+
+# read by Prefect when it is first imported: here for `hpo`; a worker's flow runs import Prefect
+# first, so its profile sets it (README, "Running a real campaign")
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", str(prefect_client_retries(float(os.environ.get("HPO_OUTAGE_BUDGET_S", 900)))))
+
+
 def _forward_hpo_logger() -> None:
     """The "hpo" logger's INFO lines in Prefect's run logs (the UI's Logs tab, `--watch`).
 

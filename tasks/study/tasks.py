@@ -7,9 +7,12 @@ A task is named after its plain function with `_task` (`open_study_task` runs
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from uuid import UUID
 
@@ -86,6 +89,7 @@ def run_trials_as_tasks(study: str, config: HpoConfig) -> str | None:
         return loop.run_trials(store.attach_study(study, config), execute)
     finally:
         view.publish()
+        view.flush(VIEW_FLUSH_S)
 
 
 def trials_artifact_key(study: str, kind: str = "trials") -> str:
@@ -93,22 +97,78 @@ def trials_artifact_key(study: str, kind: str = "trials") -> str:
     return f"{kind}-" + re.sub(r"[^a-z0-9-]+", "-", study.lower()).strip("-")
 
 
+VIEW_FLUSH_S = 10.0  # how long a study's end waits for its last table update to reach the Prefect API (it is quick when the API answers)
+
+
+class LatestOnly:
+    """Runs the newest call handed to it on a thread of its own and drops the ones it superseded.
+
+    A study's Prefect view goes through it so that the study never waits on the Prefect API: in an
+    outage Prefect's client retries each call for minutes (PREFECT_CLIENT_MAX_RETRIES, sized to
+    the outage budget in flows/__init__), which, in the study's own thread, held up every trial
+    by a minute (seen: a 5-minute outage made 7 s trials take 74-83 s). Once the API is back the
+    view shows the study as it is then, not the updates it missed. Each call runs in the Prefect
+    context (flow run) of the thread that handed it over."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._lock = threading.Lock()
+        self._pending: Callable[[], None] | None = None
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def submit(self, call: Callable[[], None]) -> None:
+        context = contextvars.copy_context()
+        with self._lock:
+            self._pending = lambda: context.run(call)
+            self._idle.clear()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name=self.name, daemon=True)
+                self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                call, self._pending = self._pending, None
+                if call is None:
+                    self._thread = None
+                    self._idle.set()
+                    return
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001 - a view of the study; the study never fails for it
+                log.warning("%s not published: %s", self.name, exc)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the calls handed over so far; False if they are still running."""
+        return self._idle.wait(timeout_s)
+
+
 class StudyView:
     """The study as this flow run shows it in Prefect: ONE table artifact `trials-<study>` (every
     worker's trials) and ONE progress artifact `progress-<study>` (done / n_trials), each created
-    once and then updated in place, so the run's Artifacts tab holds one card of each, current."""
+    once and then updated in place, so the run's Artifacts tab holds one card of each, current.
+    The progress line is logged here, in the study's thread; the artifacts are written by a
+    `LatestOnly` thread, so an unreachable Prefect API delays the cards, never the trials."""
 
     def __init__(self, study: str, config: HpoConfig):
         self.study, self.config = study, config
         self.table_id: UUID | None = None
         self.progress_id: UUID | None = None
         self.started, self.done_at_start = time.monotonic(), None
+        self.writer = LatestOnly(f"trials table of {study}")
 
     def publish(self, log_progress: bool = False) -> None:
         try:
             self._publish(log_progress)
         except Exception as exc:  # noqa: BLE001 - a view of the study; the study never fails for it
             log.warning("trials table of %s not published: %s", self.study, exc)
+
+    def flush(self, timeout_s: float) -> None:
+        if not self.writer.flush(timeout_s):
+            log.warning("trials table of %s: the Prefect API has not answered for %.0f s; the study goes on without it",
+                        self.study, timeout_s)  # fmt: skip
 
     def _publish(self, log_progress: bool) -> None:
         handle = store.attach_study(self.study, self.config)
@@ -126,13 +186,19 @@ class StudyView:
         description = (f"Trials of study **{self.study}** on every worker, updated in place as they finish (val AUC: higher "
                        f"is better). {line}")  # the progress line: k/n, best so far, ETA from this run's pace
         percent = 100.0 * min(done, n_trials) / max(n_trials, 1)
+        self.writer.submit(lambda: self._write(table, description, percent, line))
+
+    def _write(self, table: list[dict], description: str, percent: float, line: str) -> None:
+        """Runs on the writer's thread, one call at a time: the first that gets through creates each card."""
         if self.table_id is None:
             self.table_id = create_table_artifact(table=table, key=trials_artifact_key(self.study), description=description)
+        else:
+            with get_client(sync_client=True) as client:
+                client.update_artifact(self.table_id, ArtifactUpdate(data=TableArtifact(table=table).format(), description=description))
+        if self.progress_id is None:
             self.progress_id = create_progress_artifact(percent, key=trials_artifact_key(self.study, "progress"), description=line)
-            return
-        with get_client(sync_client=True) as client:
-            client.update_artifact(self.table_id, ArtifactUpdate(data=TableArtifact(table=table).format(), description=description))
-        update_progress_artifact(self.progress_id, percent, description=line)
+        else:
+            update_progress_artifact(self.progress_id, percent, description=line)
 
 
 def in_a_run() -> bool:
