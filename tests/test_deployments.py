@@ -101,6 +101,7 @@ def _environment(home: Path, api_url: str, checkout: Path) -> dict[str, str]:
         # what README's profile sets: the server streams logs, so `--watch` shows them
         PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED="true",
         PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED="true",
+        PREFECT_CLIENT_MAX_RETRIES="9",  # and its workers wait out a server restart (the outage budget)
         COLUMNS="200",  # rich wraps CLI output at 80 columns otherwise
         PYTHONUNBUFFERED="1",
     )
