@@ -52,8 +52,9 @@ def test_a_refusal_inside_a_flow_is_one_line_exit_2_and_debug_shows_the_tracebac
     quiet = _hpo("retrain", "smoke_h1", "99", root=tmp_path / "mlruns")
     out = quiet.stdout + quiet.stderr
     assert quiet.returncode == 2, out
-    assert "no MLflow experiment 'smoke_h1'" in out
+    assert "no MLflow store at sqlite:///" in out and "give the --root" in out
     assert "Traceback" not in out and "Retry" not in out, out
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # a mistyped root leaves no empty store behind
     loud = _hpo("--debug", "retrain", "smoke_h1", "99", root=tmp_path / "mlruns")
     assert loud.returncode == 2 and "Traceback" in loud.stdout + loud.stderr
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -109,12 +110,21 @@ def existing_retrain(client: MlflowClient, experiment_id: str, run_id: str, seed
     return done[0] if done else None
 
 
+def refuse_a_missing_store(uri: str) -> None:
+    """An embedded store that is not there holds no trial to re-train: refused before opening it
+    (opening an SQLite store creates it, and a mistyped --root would leave an empty one behind)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise RetrainRefused(f"no MLflow store at {uri}, so no trial to re-train; give the --root (or --tracking-uri) "
+                             "the study ran with")  # fmt: skip
+
+
 def retrain(config: HpoConfig, study: str, trial: str, seed_index: int = 0) -> RetrainResult:
     """Re-train `study #trial`'s configuration on the configured data, log its val and test scores
     on a new `retrain` run; skipped when a finished re-training with test scores exists. A smoke
     stand-in study is re-trained with the smoke settings it was trained with. Seed index i trains
     with the configured seed + RETRAIN_SEED_OFFSET + i * SEED_STRIDE (no study trial's seed), so `retrain_seeds` gives a recorded configuration
     several seeds, like a study's confirmation."""
+    refuse_a_missing_store(config.stores.mlflow_uri)
     client = mlflow_client(config.stores)
     selected = find_trial_run(client, study, trial)
     experiment_id = selected.info.experiment_id
