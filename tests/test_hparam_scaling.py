@@ -131,7 +131,7 @@ def test_seed_noise_comes_before_the_auc_standard_error():
     f = frame(rows)
     noise = study_noise(f, trials_of(f), (1000, 1000))
     pooled = math.sqrt((0.0002 + 0.0002) / 3)  # squares 0.0002 and 0.0002 over 2 + 1 degrees of freedom
-    assert noise.sd == pytest.approx(pooled) and noise.method.startswith("seed sd (2 configurations")
+    assert noise.sd == pytest.approx(pooled) and noise.method.startswith("seed sd of 2 configurations")
     band = hparam_scaling(f, 1, ["2M"], SEARCH).bands[0]
     assert band.threshold == pytest.approx(0.78 - 1.959963984540054 * math.sqrt(2) * pooled)
     assert sorted(band.near["trial_number"]) == [0, 1]

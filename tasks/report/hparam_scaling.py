@@ -124,7 +124,7 @@ def finished_studies(at: pd.DataFrame) -> set[str]:
 @dataclass(frozen=True)
 class Noise:
     sd: float  # one run's val AUC noise
-    method: str  # "seed sd (...)", "Hanley-McNeil", "top-k spread", "none"
+    method: str  # "seed sd of k configurations, n runs", "Hanley-McNeil", "top-k spread", "none"
 
 
 def study_noise(at: pd.DataFrame, trials: pd.DataFrame, counts: tuple[float, float]) -> Noise:
@@ -144,7 +144,7 @@ def study_noise(at: pd.DataFrame, trials: pd.DataFrame, counts: tuple[float, flo
         dof += len(values) - 1
         configurations += 1
     if dof:
-        return Noise(math.sqrt(squares / dof), f"seed sd ({configurations} configurations, {dof + configurations} runs)")
+        return Noise(math.sqrt(squares / dof), f"seed sd of {configurations} configurations, {dof + configurations} runs")
     best = done.loc[done["val_auc"].idxmax()]
     interval = auc_interval(best, done, counts)
     return Noise(interval.se, interval.method)
