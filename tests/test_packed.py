@@ -63,7 +63,17 @@ def assert_same_trial(twin, outcome) -> None:
     assert result.pred_range == pytest.approx(expected.pred_range, rel=1e-4, abs=1e-6)
     assert set(outcome.state) == set(expected_state)
     for name, value in expected_state.items():
-        torch.testing.assert_close(outcome.state[name], value, rtol=1e-4, atol=1e-5, msg=name)
+        packed = outcome.state[name]
+        if name.endswith("attn.qkv.bias"):
+            # The key third of the bias has no gradient (softmax ignores a shift every key shares),
+            # so AdamW turns float rounding into lr-sized steps there: packed and unpacked round
+            # differently per CPU (seen: 1.2e-5 apart on one machine, within 1e-5 on another) and
+            # the outputs, compared above, do not depend on it. Query and value thirds must match.
+            d = value.numel() // 3
+            torch.testing.assert_close(packed[:d], value[:d], rtol=1e-4, atol=1e-5, msg=name + " (query)")
+            torch.testing.assert_close(packed[2 * d:], value[2 * d:], rtol=1e-4, atol=1e-5, msg=name + " (value)")
+            continue
+        torch.testing.assert_close(packed, value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.fixture(scope="module")
