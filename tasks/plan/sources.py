@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from models.arch_grid import get_architectures_for_budget
 from models.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, peak_tflops_of, windows_per_epoch
@@ -23,10 +22,9 @@ TRAINING_RUN_KINDS = ("trial", "confirm", "retrain")  # every run that trains th
 def read_measures(stores: StoreConfig, budgets: Sequence[str]) -> list[TrialMeasure]:
     """Cost figures of every finished training run of these budgets, from MLflow ([] when the
     embedded store does not exist yet)."""
-    from tasks.tracking.runs import mlflow_client, search_all_runs, study_experiments
+    from tasks.tracking.runs import embedded_store_missing, mlflow_client, search_all_runs, study_experiments
 
-    uri = stores.mlflow_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if embedded_store_missing(stores.mlflow_uri):
         return []
     client = mlflow_client(stores)
     measures = []

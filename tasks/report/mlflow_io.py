@@ -18,7 +18,7 @@ from schemas.config import StoreConfig
 from tasks.report.analysis import CampaignAnalysis
 from tasks.report.verdicts import needed_predictions
 from tasks.tracking.predictions import Predictions, download_predictions
-from tasks.tracking.runs import get_or_create_experiment, mlflow_client, search_all_runs, start_run
+from tasks.tracking.runs import embedded_store_missing, get_or_create_experiment, mlflow_client, search_all_runs, start_run
 
 REPORT_EXPERIMENT = "reports"
 TAG_KIND_REPORT = "report"
@@ -63,10 +63,8 @@ def no_studies(stores: StoreConfig) -> str:
     uri = stores.mlflow_uri
     refusal = (f"no studies in {uri}: run a study first (hpo run ...) or import legacy logs "
                "(hpo recover ... --import-mlflow)")  # fmt: skip
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_file() or path.stat().st_size == 0:
-            return refusal
+    if embedded_store_missing(uri):
+        return refusal
     client = MlflowClient(tracking_uri=uri)  # not mlflow_client: that one makes the store's folder
     ids = list(_experiments(client))
     for kind in ("study", "trial"):  # every trial has a study run; a half-made store may lack it

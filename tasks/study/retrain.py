@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -31,7 +30,7 @@ from tasks.data.dataset import cached_dataset, dataset_record
 from tasks.study.confirm import SEED_STRIDE
 from tasks.study.tracked_run import RunTarget, TestScoring, run_tracked, trial_params
 from tasks.tracking.datasets import pin_dataset
-from tasks.tracking.runs import ensure_study_run, mlflow_client, search_all_runs
+from tasks.tracking.runs import embedded_store_missing, ensure_study_run, mlflow_client, search_all_runs
 
 log = logging.getLogger("hpo")
 
@@ -113,7 +112,7 @@ def existing_retrain(client: MlflowClient, experiment_id: str, run_id: str, seed
 def refuse_a_missing_store(uri: str) -> None:
     """An embedded store that is not there holds no trial to re-train: refused before opening it
     (opening an SQLite store creates it, and a mistyped --root would leave an empty one behind)."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if embedded_store_missing(uri):
         raise RetrainRefused(f"no MLflow store at {uri}, so no trial to re-train; give the --root (or --tracking-uri) "
                              "the study ran with")  # fmt: skip
 

@@ -38,6 +38,15 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 _READY_SQLITE: set[str] = set()
 
 
+def embedded_store_missing(uri: str) -> bool:
+    """True for an embedded SQLite store whose file is not there (or empty): a caller that only
+    reads asks this before opening it, since opening an SQLite store creates and migrates it."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = Path(uri.removeprefix("sqlite:///"))
+    return not path.is_file() or path.stat().st_size == 0
+
+
 @contextmanager
 def sqlite_first_use(url: str):
     """Serialise the first use of a SQLite store across processes on this machine. MLflow and
