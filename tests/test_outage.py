@@ -69,6 +69,36 @@ def test_a_study_rides_out_a_database_restart_with_no_trial_failed_or_lost(smoke
     assert any("waiting for the Optuna storage" in r.getMessage() for r in caplog.records)
 
 
+def test_a_query_retried_in_a_broken_session_is_waited_out_too(own_postgres):
+    """CI saw a worker die instead of waiting: after the server went away, Optuna's _get_trials
+    retried its query in the same session (its fallback for an OperationalError), which raised
+    PendingRollbackError, wrapped in StorageInternalError, and that was not called transient."""
+    import optuna
+    import sqlalchemy
+
+    from tasks.study.patience import PatientRDBStorage
+
+    storage = PatientRDBStorage(own_postgres.url, outage_budget_s=120)
+    study = optuna.create_study(study_name="broken_session", storage=storage)
+    for _ in range(3):
+        study.enqueue_trial({"x": 1.0})
+    ids = {t._trial_id for t in study.get_trials()}
+    restart = threading.Timer(4, own_postgres.start)
+
+    @sqlalchemy.event.listens_for(storage.engine, "before_cursor_execute")
+    def stop_the_server_under_the_trials_query(conn, cursor, statement, *args):
+        if "FROM trials" in statement and not restart.is_alive() and not restart.finished.is_set():
+            own_postgres.stop()  # after the study lookup, inside the session: as the server died in CI
+            restart.start()
+
+    try:
+        trials = storage._get_trials(study._study_id, None, ids, min(ids))
+    finally:
+        restart.join()
+    assert restart.finished.is_set()
+    assert {t._trial_id for t in trials} == ids
+
+
 def test_past_the_outage_budget_the_worker_stops_and_a_rerun_completes(smoke_config, own_postgres):
     from tasks.study.loop import run_study
     from tasks.study.patience import StoreUnavailable

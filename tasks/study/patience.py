@@ -21,9 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, PendingRollbackError
 
 log = logging.getLogger("hpo")
 
@@ -46,12 +45,28 @@ class StoreUnavailable(RuntimeError):
     """A store stayed unreachable past the outage budget: the worker stops (run it again once the store is back)."""
 
 
+def _chain(exc: BaseException | None):
+    """The exception, then what caused it or was being handled when it was raised."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def is_transient(exc: BaseException) -> bool:
-    """A database error that waiting can cure: the connection, not the statement."""
-    cause = exc.__cause__ if isinstance(exc, StorageInternalError) else exc
-    if isinstance(cause, (OperationalError, InterfaceError, DisconnectionError)):
-        return True
-    return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
+    """A database error that waiting can cure: the connection, not the statement.
+
+    The chain is searched, not only the top: Optuna wraps every SQLAlchemy error in
+    StorageInternalError, and where it retries a failed query in the same session (the fallback in
+    RDBStorage._get_trials) the error raised is a PendingRollbackError whose context is the lost
+    connection's OperationalError (seen in CI: the worker died instead of waiting)."""
+    for link in _chain(exc):
+        if isinstance(link, (OperationalError, InterfaceError, DisconnectionError, PendingRollbackError)):
+            return True
+        if isinstance(link, DBAPIError) and link.connection_invalidated:
+            return True
+    return False
 
 
 def patiently(call: Callable, store: str, budget_s: float, *args, **kwargs):
