@@ -325,6 +325,8 @@ def test_a_campaign_stage_hands_each_study_to_the_work_pool_and_waits_for_them(p
     from prefect import flow
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
     from prefect.runtime import flow_run
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.campaign import run_stage
@@ -344,6 +346,11 @@ def test_a_campaign_stage_hands_each_study_to_the_work_pool_and_waits_for_them(p
     started = time.monotonic()
     with temporary_settings({PREFECT_API_URL: prefect_stack.api_url}):
         parent_id, summaries = stage()
+        # Prefect's log and event workers outlive the flow, bound to this stack's server; flushed
+        # now, while it is up (left, the session's end drained them into a stopped server for
+        # 4-15 minutes of client retries)
+        APILogWorker.drain_all()
+        EventsWorker.drain_all()
     print(f"a stage of two smoke studies on the work pool took {time.monotonic() - started:.0f} s")
 
     assert [(s["study"], s["state"], s["complete"]) for s in summaries] == [("smoke_h1", "complete", 1), ("smoke_h3", "complete", 1)]
