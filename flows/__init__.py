@@ -56,3 +56,12 @@ def _forward_hpo_logger() -> None:
 
 
 _forward_hpo_logger()
+
+
+def _notice_prefect_retries() -> None:
+    from tasks.store_waits import notice_prefect_retries
+
+    notice_prefect_retries()  # after Prefect configured its logging (a dictConfig resets levels)
+
+
+_notice_prefect_retries()

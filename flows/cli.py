@@ -149,13 +149,32 @@ def check_data(config: HpoConfig, horizons: Iterable[int]) -> None:
 
 @contextmanager
 def refused_data() -> Iterator[None]:
-    """A study's pinned dataset refusing this run's data (or bad data found late): one line, exit 1."""
+    """Around a command's flows: a study's pinned dataset refusing this run's data (or bad data
+    found late) is one line, exit 2; a store unreachable past the outage budget stops the run with
+    one line, exit 1 (its trial is back in the queue; the traceback only with --debug)."""
     from tasks.data.dataset import DataError, DatasetMismatch
+    from tasks.study.patience import past_the_outage_budget
 
     try:
         yield
     except (DataError, DatasetMismatch) as exc:
         refuse(exc, exc)
+    except Exception as exc:
+        if not past_the_outage_budget(exc):
+            raise
+        if DEBUG["on"]:
+            console.print_exception()
+        console.print(f"stopped: {_outage_line(exc)}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+
+
+def _outage_line(exc: BaseException) -> str:
+    from tasks.study.patience import StoreUnavailable
+
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    return (f"the MLflow server stayed unreachable for the whole outage budget (outage_budget_s): {str(exc)[:300]}; "
+            "the worker stops; run it again once the server is back (its trial is queued again then)")
 
 
 def with_train_options(config: HpoConfig, **options: object) -> HpoConfig:
@@ -444,7 +463,8 @@ def report(
     if refusal:
         refuse(refusal)
     _before_flows()
-    files = report_flow(stores=stores, out=out)
+    with refused_data():
+        files = report_flow(stores=stores, out=out)
     console.print(f"report: {files.markdown} and {files.html} ({len(files.figures)} figures); MLflow run {files.mlflow_run_id}")
 
 
@@ -573,7 +593,8 @@ def supplemental_command(
     config = build_config(root, data, None, tracking_uri, config_file, features=features, label=label)
     _before_flows()
     try:
-        results = supplemental_flow(plan=plan, config=config, smoke=smoke)
+        with refused_data():
+            results = supplemental_flow(plan=plan, config=config, smoke=smoke)
     except (LookupError, ValueError) as exc:
         refuse(exc, exc)
     _print_supplemental(results)

@@ -4,15 +4,15 @@ Every input check in the product raises a ValueError subclass (DataError, Datase
 GridError, StorageError, RetrainRefused, pydantic's ValidationError) or a LookupError (an unknown
 study, trial or budget). Retrying those gives the same answer five seconds later, and Prefect's
 retries would bury the one useful line under hundreds of retry and traceback lines. A store that
-stayed unreachable for the whole outage budget (StoreUnavailable) is not retried either: the budget
-was the retry.
+stayed unreachable for the whole outage budget (StoreUnavailable, or MLflow's client giving up
+after the retries sized to it) is not retried either: the budget was the retry.
 """
 
 from __future__ import annotations
 
 import logging
 
-from tasks.study.patience import StoreUnavailable
+from tasks.study.patience import past_the_outage_budget
 
 REFUSALS: tuple[type[BaseException], ...] = (ValueError, LookupError, TypeError)
 EXIT_REFUSED = 2  # `hpo` exits 2 on refused input (as for a bad flag), 1 on a failure
@@ -27,7 +27,7 @@ def retry_unless_refused(task, task_run, state) -> bool:
     """Prefect `retry_condition_fn`: retry a failed task run unless its input was refused or its
     store outlasted the outage budget."""
     exc = state.result(raise_on_failure=False)
-    return isinstance(exc, BaseException) and not (is_refusal(exc) or isinstance(exc, StoreUnavailable))
+    return isinstance(exc, BaseException) and not (is_refusal(exc) or past_the_outage_budget(exc))
 
 
 class HideRefusalTracebacks(logging.Filter):
@@ -37,7 +37,7 @@ class HideRefusalTracebacks(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (is_refusal(exc) or isinstance(exc, StoreUnavailable))
+        return not (is_refusal(exc) or past_the_outage_budget(exc))
 
 
 def hide_refusal_tracebacks() -> None:

@@ -39,6 +39,46 @@ def test_refused_input_is_not_retried_and_an_outage_is(prefect_harness):
     assert _calls_until_given_up(LookupError("no study 2M_h9")) == 1
     assert _calls_until_given_up(StoreUnavailable("optuna unreachable for 900 s")) == 1  # the budget was the retry
     assert _calls_until_given_up(ConnectionError("connection refused")) == 3
+    assert _calls_until_given_up(_mlflow_gave_up()) == 1  # MLflow's own retries were sized to the budget
+
+
+def _mlflow_gave_up() -> BaseException:
+    """What MLflow's client raises once its HTTP retries are spent on a server that is down."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from helpers import free_port
+
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        MlflowClient(f"http://127.0.0.1:{free_port()}").search_experiments()
+    except MlflowException as exc:
+        return exc
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    raise AssertionError("a server that is not there answered")
+
+
+def test_an_mlflow_server_down_past_the_budget_stops_the_run_with_one_line_and_no_retries(tmp_path: Path, prefect_harness):
+    env_root = tmp_path / "mlruns"
+    from helpers import free_port
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HPO_ROOT": str(env_root), "HPO_OUTAGE_BUDGET_S": "3",
+           "HPO_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT"):
+        env.pop(key, None)  # hpo sizes them from its budget
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "smoke", "h1", "--smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "stopped: the MLflow server stayed unreachable for the whole outage budget" in out, out
+    assert "waiting for the MLflow server (0 s)" in out, out
+    assert "Retry 1/2" not in out and "Traceback" not in out, out  # before: two Prefect retries of the whole budget, 1,182 lines
 
 
 def _hpo(*args: str, root: Path) -> subprocess.CompletedProcess:

@@ -45,6 +45,22 @@ class StoreUnavailable(RuntimeError):
     """A store stayed unreachable past the outage budget: the worker stops (run it again once the store is back)."""
 
 
+def past_the_outage_budget(exc: BaseException | None) -> bool:
+    """A store that stayed unreachable for the whole outage budget: ours (StoreUnavailable) or
+    MLflow's HTTP client giving up after the retries we sized to the budget (an MlflowException
+    raised while handling requests' ConnectionError or RetryError). Retrying it again (a Prefect
+    task retry) would wait another budget for nothing: the budget was the retry."""
+    if exc is None:
+        return False
+    if isinstance(exc, StoreUnavailable):
+        return True
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import RetryError
+
+    return isinstance(exc, MlflowException) and any(isinstance(link, (RequestsConnectionError, RetryError)) for link in _chain(exc))
+
+
 def _chain(exc: BaseException | None):
     """The exception, then what caused it or was being handled when it was raised."""
     seen: set[int] = set()

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from schemas import tracking as T
 from schemas.config import StoreConfig, StudySpec
+from tasks.store_waits import notice_mlflow_retries
 
 # MLflow logs a line per database migration on first use of a store; keep the terminal readable.
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -89,6 +90,7 @@ def mlflow_client(stores: StoreConfig) -> MlflowClient:
     for key, value in mlflow_retry_env(stores.outage_budget_s).items():
         if os.environ.get(key) in (None, _RETRY_ENV_SET.get(key)):  # a user's own setting is kept
             os.environ[key] = _RETRY_ENV_SET[key] = value
+    notice_mlflow_retries()  # "waiting for the MLflow server (n s)" once a minute while it retries
     stores.root.mkdir(parents=True, exist_ok=True)
     if stores.mlflow_uri in _READY_SQLITE:
         return MlflowClient(tracking_uri=stores.mlflow_uri)

@@ -1,0 +1,119 @@
+"""One line a minute while a store is down, whoever is doing the retrying.
+
+The Optuna storage is retried by us (tasks.study.patience), which logs "waiting for the Optuna
+storage (n s)". MLflow's HTTP client and Prefect's API client retry by themselves (their retries
+are sized to the same outage budget), and say so in their own ways: urllib3 prints a WARNING for
+every retry of every request (a dozen lines a minute from heartbeats alone), Prefect only at DEBUG
+(nothing, at the default level: a worker waiting out a Prefect outage looked hung). The notices
+here read those libraries' retry records and log, on the "hpo" logger, the same line the Optuna
+storage gives: `waiting for <store> (n s): <reason>` at most once a minute per store, where n is
+how long the oldest request still retrying has waited.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+
+log = logging.getLogger("hpo")
+SAY_EVERY_S = 60.0
+PREFECT_API, MLFLOW_SERVER = "the Prefect API", "the MLflow server"
+
+
+class RetryNotice(logging.Filter):
+    """A filter on a library's logger that turns its retry records into our waiting line.
+
+    A record for a first retry starts a wait for its thread (a thread's requests retry one at a
+    time); its later retries continue it; a wait whose next retry is a minute overdue has ended
+    (the request got through). Records that are not retries pass as the logger's own level would
+    have let them (`keep_level`: its level before we lowered it to see the retries)."""
+
+    def __init__(self, store: str, keep_level: int, replace_library_line: bool) -> None:
+        super().__init__()
+        self.store, self.keep_level, self.replace_library_line = store, keep_level, replace_library_line
+        self._waits: dict[int, tuple[float, float]] = {}  # thread id -> (its first failure, its next retry due)
+        self._said = float("-inf")
+        self._lock = threading.Lock()
+
+    def retry_of(self, record: logging.LogRecord) -> tuple[int, float, str] | None:
+        """(the retry's number, 1 for the first; seconds until it; why) or None for other records."""
+        raise NotImplementedError
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        retry = self.retry_of(record)
+        if retry is None:
+            return record.levelno >= self.keep_level
+        number, next_in_s, reason = retry
+        now = time.monotonic()
+        with self._lock:
+            self._waits = {t: w for t, w in self._waits.items() if now < w[1] + 60}
+            started = now if number == 1 or record.thread not in self._waits else self._waits[record.thread][0]
+            self._waits[record.thread] = (started, now + next_in_s)
+            waited = now - min(first for first, _ in self._waits.values())
+            say = now - self._said >= SAY_EVERY_S
+            if say:
+                self._said = now
+        if say:
+            log.warning("waiting for %s (%.0f s): %s", self.store, waited, reason)
+        return not self.replace_library_line and record.levelno >= self.keep_level
+
+
+class PrefectRetryNotice(RetryNotice):
+    """prefect.client's DEBUG line before each retry: '... Another attempt will be made in 4.1s.
+    This is attempt 2/10.'"""
+
+    ATTEMPT = re.compile(r"Another attempt will be made in ([\d.]+)s\. This is attempt (\d+)/\d+")
+
+    def retry_of(self, record: logging.LogRecord) -> tuple[int, float, str] | None:
+        message = record.getMessage()
+        found = self.ATTEMPT.search(message)
+        if not found:
+            return None
+        if record.exc_info and record.exc_info[1] is not None:
+            reason = type(record.exc_info[1]).__name__
+        else:
+            status = re.search(r"status code (\d+)", message)
+            reason = f"HTTP {status.group(1)}" if status else "a retryable response"
+        return int(found.group(2)), float(found.group(1)), reason
+
+
+class Urllib3RetryNotice(RetryNotice):
+    """urllib3.connectionpool's WARNING 'Retrying (Retry(total=...)) after connection broken by
+    ...': the Retry it carries has one history entry per retry so far and knows its next backoff."""
+
+    def retry_of(self, record: logging.LogRecord) -> tuple[int, float, str] | None:
+        if not (isinstance(record.msg, str) and record.msg.startswith("Retrying (") and record.args):
+            return None
+        retry, error = record.args[0], record.args[1] if len(record.args) > 1 else None
+        number = max(1, len(getattr(retry, "history", ()) or ()))
+        next_in_s = float(retry.get_backoff_time()) if hasattr(retry, "get_backoff_time") else 0.0
+        return number, next_in_s, type(error).__name__ if error is not None else "connection broken"
+
+
+_installed: set[str] = set()
+_install_lock = threading.Lock()
+
+
+def _install(logger_name: str, notice_type: type[RetryNotice], store: str, replace_library_line: bool) -> None:
+    with _install_lock:
+        if logger_name in _installed:
+            return
+        logger = logging.getLogger(logger_name)
+        notice = notice_type(store, logger.getEffectiveLevel(), replace_library_line)
+        logger.addFilter(notice)
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.DEBUG if notice_type is PrefectRetryNotice else logging.WARNING))
+        _installed.add(logger_name)
+
+
+def notice_prefect_retries() -> None:
+    """Log a waiting line while Prefect's client retries its API (its own line stays at DEBUG).
+    Called once Prefect has configured its logging: a later dictConfig resets the level."""
+    _install("prefect.client", PrefectRetryNotice, PREFECT_API, replace_library_line=False)
+
+
+def notice_mlflow_retries() -> None:
+    """Log a waiting line a minute while MLflow's HTTP client retries, instead of urllib3's line
+    per retry."""
+    _install("urllib3.connectionpool", Urllib3RetryNotice, MLFLOW_SERVER, replace_library_line=True)
