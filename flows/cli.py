@@ -382,8 +382,9 @@ def run(
     check_data(config, [s.horizon for s in specs])
     # --fresh is resolved here, once: the flow gets explicit versions, so a Prefect retry of the
     # flow resumes the new study instead of starting yet another one.
-    opened = optuna_storage(config.stores, config)
-    names = [resolve_study_name(spec, opened)[0] for spec in specs]
+    with refused_data():  # the storage may be down already: past the budget, one line
+        opened = optuna_storage(config.stores, config)
+        names = [resolve_study_name(spec, opened)[0] for spec in specs]
     _before_flows()
     console.print(f"studies: {', '.join(names)}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
     with live_progress(config.train.max_epochs, console), refused_data():

@@ -106,3 +106,16 @@ def test_bad_data_is_exit_2_before_any_store(tmp_path: Path, prefect_harness):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "fake.parquet: cannot be read" in result.stdout and "Fix:" in result.stdout
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_optuna_database_down_past_the_budget_before_any_flow_is_one_line_too(tmp_path: Path):
+    from helpers import free_port
+
+    env = {**os.environ, "HPO_ROOT": str(tmp_path / "mlruns"), "HPO_OUTAGE_BUDGET_S": "3"}
+    storage = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing"
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "smoke", "h1", "--smoke", "--storage", storage], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "waiting for the Optuna storage (0 s)" in out and "stopped: the Optuna storage unreachable" in out, out
+    assert "Traceback" not in out and len(out.splitlines()) < 10, out  # before: 553 lines of traceback
