@@ -61,7 +61,7 @@ _forward_hpo_logger()
 def _notice_prefect_retries() -> None:
     from tasks.store_waits import notice_prefect_retries
 
-    notice_prefect_retries()  # after Prefect configured its logging (a dictConfig resets levels)
+    notice_prefect_retries()  # "waiting for the Prefect API (n s)" while its client retries
 
 
 _notice_prefect_retries()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import time
 
@@ -27,12 +28,12 @@ class RetryNotice(logging.Filter):
 
     A record for a first retry starts a wait for its thread (a thread's requests retry one at a
     time); its later retries continue it; a wait whose next retry is a minute overdue has ended
-    (the request got through). Records that are not retries pass as the logger's own level would
-    have let them (`keep_level`: its level before we lowered it to see the retries)."""
+    (the request got through). Other records pass; a retry record passes unless
+    `replace_library_line` (our line a minute stands for the library's line per retry)."""
 
-    def __init__(self, store: str, keep_level: int, replace_library_line: bool) -> None:
+    def __init__(self, store: str, replace_library_line: bool) -> None:
         super().__init__()
-        self.store, self.keep_level, self.replace_library_line = store, keep_level, replace_library_line
+        self.store, self.replace_library_line = store, replace_library_line
         self._waits: dict[int, tuple[float, float]] = {}  # thread id -> (its first failure, its next retry due)
         self._said = float("-inf")
         self._lock = threading.Lock()
@@ -44,7 +45,7 @@ class RetryNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         retry = self.retry_of(record)
         if retry is None:
-            return record.levelno >= self.keep_level
+            return True
         number, next_in_s, reason = retry
         now = time.monotonic()
         with self._lock:
@@ -57,7 +58,7 @@ class RetryNotice(logging.Filter):
                 self._said = now
         if say:
             log.warning("waiting for %s (%.0f s): %s", self.store, waited, reason)
-        return not self.replace_library_line and record.levelno >= self.keep_level
+        return not self.replace_library_line
 
 
 class PrefectRetryNotice(RetryNotice):
@@ -92,28 +93,46 @@ class Urllib3RetryNotice(RetryNotice):
         return number, next_in_s, type(error).__name__ if error is not None else "connection broken"
 
 
+class _ListeningLogger(logging.LoggerAdapter):
+    """Stands in for prefect.client.base's module logger: its DEBUG retry lines reach the notice
+    before the logger's level decides whether they are printed. (A filter on the logger would not
+    see them: records under its level are never made, and Prefect's dictConfig resets the level
+    each time a flow starts.)"""
+
+    def __init__(self, logger: logging.Logger, notice: RetryNotice) -> None:
+        super().__init__(logger, {})
+        self.notice = notice
+
+    def debug(self, msg, *args, **kwargs) -> None:
+        exc_info = kwargs.get("exc_info")
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        self.notice.filter(logging.LogRecord(self.logger.name, logging.DEBUG, __file__, 0, msg, args, exc_info or None))
+        self.logger.debug(msg, *args, **kwargs)
+
+
 _installed: set[str] = set()
 _install_lock = threading.Lock()
 
 
-def _install(logger_name: str, notice_type: type[RetryNotice], store: str, replace_library_line: bool) -> None:
-    with _install_lock:
-        if logger_name in _installed:
-            return
-        logger = logging.getLogger(logger_name)
-        notice = notice_type(store, logger.getEffectiveLevel(), replace_library_line)
-        logger.addFilter(notice)
-        logger.setLevel(min(logger.getEffectiveLevel(), logging.DEBUG if notice_type is PrefectRetryNotice else logging.WARNING))
-        _installed.add(logger_name)
-
-
 def notice_prefect_retries() -> None:
-    """Log a waiting line while Prefect's client retries its API (its own line stays at DEBUG).
-    Called once Prefect has configured its logging: a later dictConfig resets the level."""
-    _install("prefect.client", PrefectRetryNotice, PREFECT_API, replace_library_line=False)
+    """Log a waiting line while Prefect's client retries its API (its own line stays at DEBUG)."""
+    import prefect.client.base as client_base
+
+    with _install_lock:
+        if PREFECT_API in _installed or not isinstance(getattr(client_base, "logger", None), logging.Logger):
+            return  # already listening, or a Prefect whose client logs elsewhere (tests/test_store_waits.py says so)
+        notice = PrefectRetryNotice(PREFECT_API, replace_library_line=False)
+        client_base.logger = _ListeningLogger(client_base.logger, notice)
+        _installed.add(PREFECT_API)
 
 
 def notice_mlflow_retries() -> None:
-    """Log a waiting line a minute while MLflow's HTTP client retries, instead of urllib3's line
-    per retry."""
-    _install("urllib3.connectionpool", Urllib3RetryNotice, MLFLOW_SERVER, replace_library_line=True)
+    """Log a waiting line a minute while MLflow's HTTP client retries, instead of urllib3's
+    WARNING per retry (a filter on urllib3.connectionpool, whose level Prefect leaves alone)."""
+    with _install_lock:
+        if MLFLOW_SERVER in _installed:
+            return
+        logger = logging.getLogger("urllib3.connectionpool")
+        logger.addFilter(Urllib3RetryNotice(MLFLOW_SERVER, replace_library_line=True))
+        _installed.add(MLFLOW_SERVER)
