@@ -93,6 +93,35 @@ class Urllib3RetryNotice(RetryNotice):
         return number, next_in_s, type(error).__name__ if error is not None else "connection broken"
 
 
+class DroppedEventsNotice(logging.Filter):
+    """While the Prefect API is down its events client prints, for every event it gives up on
+    (about one each 7 s), a WARNING 'Unable to connect to ws://...' and an ERROR "Service
+    'EventsWorker' failed to process item Event(...)" that dumps the whole event over dozens of
+    lines. Both are replaced by one line a minute saying how many were dropped and what that costs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped, self._said, self._lock = 0, float("-inf"), threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        if record.name == "prefect.events.clients" and message.startswith("Unable to connect to %r."):
+            return False  # the drop it leads to is counted below
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not (message.startswith("Service %r failed to process item") and args and args[0] == "EventsWorker"):
+            return True
+        now = time.monotonic()
+        with self._lock:
+            self.dropped += 1
+            say = now - self._said >= SAY_EVERY_S
+            if say:
+                self._said = now
+        if say:
+            log.warning("%s is unreachable: %d Prefect event(s) dropped so far (task-run states of that time; "
+                        "the trials themselves are in Optuna and MLflow)", PREFECT_API, self.dropped)
+        return False
+
+
 class _ListeningLogger(logging.LoggerAdapter):
     """Stands in for prefect.client.base's module logger: its DEBUG retry lines reach the notice
     before the logger's level decides whether they are printed. (A filter on the logger would not
@@ -116,7 +145,8 @@ _install_lock = threading.Lock()
 
 
 def notice_prefect_retries() -> None:
-    """Log a waiting line while Prefect's client retries its API (its own line stays at DEBUG)."""
+    """Log a waiting line while Prefect's client retries its API (its own line stays at DEBUG),
+    and one line a minute for the events its events client drops meanwhile."""
     import prefect.client.base as client_base
 
     with _install_lock:
@@ -124,6 +154,9 @@ def notice_prefect_retries() -> None:
             return  # already listening, or a Prefect whose client logs elsewhere (tests/test_store_waits.py says so)
         notice = PrefectRetryNotice(PREFECT_API, replace_library_line=False)
         client_base.logger = _ListeningLogger(client_base.logger, notice)
+        dropped = DroppedEventsNotice()  # logger filters survive Prefect's dictConfig (it only resets levels and handlers)
+        for name in ("prefect.events.clients", "prefect._internal.concurrency"):
+            logging.getLogger(name).addFilter(dropped)
         _installed.add(PREFECT_API)
 
 

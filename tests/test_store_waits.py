@@ -116,3 +116,35 @@ def test_a_wait_that_ended_is_not_counted_in_the_next_one():
     finally:
         logger.removeHandler(handler)
     assert [re.search(r"\((\d+) s\)", line).group(1) for line in said] == ["0", "2", "6", "0"], said
+
+
+def test_events_prefect_drops_while_its_api_is_down_are_one_line_a_minute_not_two_records_each():
+    """Seen in tests/test_prefect_outage.py: a 60 s outage printed 8 'Unable to connect to ws://'
+    warnings and 8 'EventsWorker failed to process item Event(...)' errors, each dumping a whole
+    event. Here the same records, as Prefect logs them, on its own loggers."""
+    import flows  # noqa: F401 - installs the notices, as for `hpo` and a worker's flow runs
+    from tasks.store_waits import DroppedEventsNotice
+
+    (notice,) = [f for f in logging.getLogger("prefect.events.clients").filters if isinstance(f, DroppedEventsNotice)]
+    notice._said = float("-inf")  # as in a fresh process (another test may have dropped events a moment ago)
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(f"{record.name} {record.getMessage()}")
+    loggers = [logging.getLogger(n) for n in ("hpo", "prefect.events.clients", "prefect._internal.concurrency")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        for _ in range(3):
+            logging.getLogger("prefect.events.clients").warning(
+                "Unable to connect to %r. Please check your network settings to ensure websocket connections to the API are "
+                "allowed. Otherwise event data (including task run data) may be lost. Reason: %s. Set PREFECT_DEBUG_MODE=1 "
+                "to see the full error.", "ws://127.0.0.1:1/api/events/in", "[Errno 111] Connect call failed")
+            logging.getLogger("prefect._internal.concurrency").error("Service %r failed to process item %r", "EventsWorker", "Event(...)")
+        logging.getLogger("prefect._internal.concurrency").error("Service %r failed to process item %r", "APILogWorker", "a log")
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert said[0].startswith("hpo the Prefect API is unreachable: ") and "event(s) dropped so far" in said[0], said
+    assert not [line for line in said if "Unable to connect" in line or "'EventsWorker' failed" in line], said
+    assert said[-1] == "prefect._internal.concurrency Service 'APILogWorker' failed to process item 'a log'"  # not ours to hide
+    assert len(said) == 2, said  # once a minute
