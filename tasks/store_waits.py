@@ -23,6 +23,26 @@ SAY_EVERY_S = 60.0
 PREFECT_API, MLFLOW_SERVER = "the Prefect API", "the MLflow server"
 
 
+def say_waiting(store: str, waited_s: float, reason: str) -> None:
+    """The one waiting line, whichever store and whoever retries it."""
+    log.warning("waiting for %s (%.0f s): %s", store, waited_s, reason)
+
+
+class OncePerMinute:
+    """True at most once every SAY_EVERY_S, across threads: the pace of a notice's lines."""
+
+    def __init__(self) -> None:
+        self._said, self._lock = float("-inf"), threading.Lock()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._said < SAY_EVERY_S:
+                return False
+            self._said = now
+            return True
+
+
 class RetryNotice(logging.Filter):
     """A filter on a library's logger that turns its retry records into our waiting line.
 
@@ -35,8 +55,7 @@ class RetryNotice(logging.Filter):
         super().__init__()
         self.store, self.replace_library_line = store, replace_library_line
         self._waits: dict[int, tuple[float, float]] = {}  # thread id -> (its first failure, its next retry due)
-        self._said = float("-inf")
-        self._lock = threading.Lock()
+        self._lock, self.once = threading.Lock(), OncePerMinute()
 
     def retry_of(self, record: logging.LogRecord) -> tuple[int, float, str] | None:
         """(the retry's number, 1 for the first; seconds until it; why) or None for other records."""
@@ -53,11 +72,8 @@ class RetryNotice(logging.Filter):
             started = now if number == 1 or record.thread not in self._waits else self._waits[record.thread][0]
             self._waits[record.thread] = (started, now + next_in_s)
             waited = now - min(first for first, _ in self._waits.values())
-            say = now - self._said >= SAY_EVERY_S
-            if say:
-                self._said = now
-        if say:
-            log.warning("waiting for %s (%.0f s): %s", self.store, waited, reason)
+        if self.once.due():
+            say_waiting(self.store, waited, reason)
         return not self.replace_library_line
 
 
@@ -101,7 +117,7 @@ class DroppedEventsNotice(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.dropped, self._said, self._lock = 0, float("-inf"), threading.Lock()
+        self.dropped, self._lock, self.once = 0, threading.Lock(), OncePerMinute()
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.msg if isinstance(record.msg, str) else ""
@@ -110,15 +126,12 @@ class DroppedEventsNotice(logging.Filter):
         args = record.args if isinstance(record.args, tuple) else ()
         if not (message.startswith("Service %r failed to process item") and args and args[0] == "EventsWorker"):
             return True
-        now = time.monotonic()
         with self._lock:
             self.dropped += 1
-            say = now - self._said >= SAY_EVERY_S
-            if say:
-                self._said = now
-        if say:
+            dropped = self.dropped
+        if self.once.due():
             log.warning("%s is unreachable: %d Prefect event(s) dropped so far (task-run states of that time; "
-                        "the trials themselves are in Optuna and MLflow)", PREFECT_API, self.dropped)
+                        "the trials themselves are in Optuna and MLflow)", PREFECT_API, dropped)
         return False
 
 

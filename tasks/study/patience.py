@@ -16,7 +16,6 @@ sizes its retries to the same budget.
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,8 @@ from collections.abc import Callable
 from optuna.storages import RDBStorage
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, PendingRollbackError
 
-log = logging.getLogger("hpo")
+from tasks import store_waits
+
 
 # Every storage call a study makes (optuna.storages.BaseStorage and the heartbeat API).
 STORAGE_CALLS = (
@@ -38,7 +38,7 @@ STORAGE_CALLS = (
     # backend, skipping the public methods: a draw's set_trial_param is `_set_trial_param` there
     "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
 )
-FIRST_WAIT_S, LONGEST_WAIT_S, SAY_EVERY_S = 1.0, 30.0, 60.0
+FIRST_WAIT_S, LONGEST_WAIT_S = 1.0, 30.0
 
 
 class StoreUnavailable(RuntimeError):
@@ -101,8 +101,8 @@ def patiently(call: Callable, store: str, budget_s: float, *args, **kwargs):
                     f"{store} unreachable for {waited:.0f} s (outage budget {budget_s:.0f} s): {str(exc.__cause__ or exc)[:300]}; "
                     "the worker stops; run it again once the store is back (its trial is re-queued then)"
                 ) from exc
-            if time.monotonic() - said >= SAY_EVERY_S or waited == 0 or said == started:
-                log.warning("waiting for %s (%.0f s): %s", store, waited, type(exc.__cause__ or exc).__name__)
+            if time.monotonic() - said >= store_waits.SAY_EVERY_S or waited == 0 or said == started:
+                store_waits.say_waiting(store, waited, type(exc.__cause__ or exc).__name__)
                 said = time.monotonic()
             time.sleep(wait)
             wait = min(wait * 2, LONGEST_WAIT_S)
