@@ -148,7 +148,7 @@ def check_data(config: HpoConfig, horizons: Iterable[int]) -> None:
 
 
 @contextmanager
-def refused_data(outage_budget_s: float | None = None) -> Iterator[None]:
+def refused_or_stopped(outage_budget_s: float) -> Iterator[None]:
     """Around a command's flows: a study's pinned dataset refusing this run's data (or bad data
     found late) is one line, exit 2; a store unreachable past the outage budget stops the run with
     one line, exit 1 (its trial is back in the queue; the traceback only with --debug)."""
@@ -168,13 +168,12 @@ def refused_data(outage_budget_s: float | None = None) -> Iterator[None]:
         raise typer.Exit(1) from exc
 
 
-def _outage_line(exc: BaseException, budget_s: float | None) -> str:
+def _outage_line(exc: BaseException, budget_s: float) -> str:
     from tasks.study.patience import StoreUnavailable
 
     if isinstance(exc, StoreUnavailable):
         return str(exc)
-    budget = f"{budget_s:.0f} s" if budget_s is not None else "outage_budget_s"
-    return (f"the MLflow server stayed unreachable for the whole outage budget ({budget}): {str(exc)[:300]}; "
+    return (f"the MLflow server stayed unreachable for the whole outage budget ({budget_s:.0f} s): {str(exc)[:300]}; "
             "the worker stops; run it again once the server is back (its trial is queued again then)")
 
 
@@ -227,7 +226,7 @@ def train(
     base = build_config(root, data, features=features, label=label)
     config = with_train_options(base, max_epochs=max_epochs, device=device)
     arch = get_architectures_for_budget(spec.budget, config.data.num_features)[arch_idx]
-    with refused_data(config.stores.outage_budget_s):
+    with refused_or_stopped(config.stores.outage_budget_s):
         prepared, _ = cached_dataset(config.data, spec.horizon, config.stores.cache_dir)
     console.print(f"training {arch} on {prepared.summary()}")
     result, _ = train_model(
@@ -383,12 +382,12 @@ def run(
     check_data(config, [s.horizon for s in specs])
     # --fresh is resolved here, once: the flow gets explicit versions, so a Prefect retry of the
     # flow resumes the new study instead of starting yet another one.
-    with refused_data(config.stores.outage_budget_s):  # the storage may be down already: past the budget, one line
+    with refused_or_stopped(config.stores.outage_budget_s):  # the storage may be down already: past the budget, one line
         opened = optuna_storage(config.stores, config)
         names = [resolve_study_name(spec, opened)[0] for spec in specs]
     _before_flows()
     console.print(f"studies: {', '.join(names)}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
-    with live_progress(config.train.max_epochs, console), refused_data(config.stores.outage_budget_s):
+    with live_progress(config.train.max_epochs, console), refused_or_stopped(config.stores.outage_budget_s):
         summaries = hpo_flow(studies=names, config=config)
     _print_summaries(summaries)
     _print_mlflow_links(config, names)
@@ -465,7 +464,7 @@ def report(
     if refusal:
         refuse(refusal)
     _before_flows()
-    with refused_data(stores.outage_budget_s):
+    with refused_or_stopped(stores.outage_budget_s):
         files = report_flow(stores=stores, out=out)
     console.print(f"report: {files.markdown} and {files.html} ({len(files.figures)} figures); MLflow run {files.mlflow_run_id}")
 
@@ -501,7 +500,7 @@ def campaign(
     check_data(config.smoke() if smoke else config, HORIZONS)
     _before_flows()
     console.print(f"campaign{' (smoke)' if smoke else ''}  |  optuna: {config.stores.optuna_url}  |  mlflow: {config.stores.mlflow_uri}")
-    with live_progress(config.smoke().train.max_epochs if smoke else config.train.max_epochs, console), refused_data(config.stores.outage_budget_s):
+    with live_progress(config.smoke().train.max_epochs if smoke else config.train.max_epochs, console), refused_or_stopped(config.stores.outage_budget_s):
         result = campaign_flow(
             config=config, smoke=smoke, rerun_20m_h5=rerun_20m_h5, supplemental=supplemental or [],
             report=report, report_dir=report_dir,
@@ -565,7 +564,7 @@ def plan(
             refuse(exc, exc)
     if smoke:
         stages = [(stage, [spec.as_smoke() for spec in specs]) for stage, specs in stages]
-    with refused_data(config.stores.outage_budget_s):
+    with refused_or_stopped(config.stores.outage_budget_s):
         forecast = gather_plan(config, stages, gpus=gpus, campaign=budget is None, tflops=tflops, mfu=mfu, device=device)
     columns = COLUMNS if forecast.campaign else COLUMNS[1:]
     table = Table(title=f"cost forecast{' (smoke)' if smoke else ''}", title_justify="left")
@@ -595,7 +594,7 @@ def supplemental_command(
     config = build_config(root, data, None, tracking_uri, config_file, features=features, label=label)
     _before_flows()
     try:
-        with refused_data(config.stores.outage_budget_s):
+        with refused_or_stopped(config.stores.outage_budget_s):
             results = supplemental_flow(plan=plan, config=config, smoke=smoke)
     except (LookupError, ValueError) as exc:
         refuse(exc, exc)
@@ -635,7 +634,7 @@ def retrain(
     config = with_train_options(base, device=device, max_epochs=max_epochs)
     _before_flows()
     try:
-        with refused_data(config.stores.outage_budget_s):
+        with refused_or_stopped(config.stores.outage_budget_s):
             results = retrain_flow(trials=[f"{study} {t}" for t in trials], config=config, seeds=seeds)
     except RetrainRefused as exc:
         refuse(exc, exc)
