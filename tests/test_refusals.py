@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prefect import flow, task
 
 from tasks.refusals import retry_unless_refused
@@ -49,31 +50,19 @@ def _mlflow_gave_up() -> BaseException:
 
     from helpers import free_port
 
-    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    try:
-        MlflowClient(f"http://127.0.0.1:{free_port()}").search_experiments()
-    except MlflowException as exc:
-        return exc
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-    raise AssertionError("a server that is not there answered")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        patch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+        with pytest.raises(MlflowException) as gave_up:
+            MlflowClient(f"http://127.0.0.1:{free_port()}").search_experiments()
+    return gave_up.value
 
 
 def test_an_mlflow_server_down_past_the_budget_stops_the_run_with_one_line_and_no_retries(tmp_path: Path, prefect_harness):
-    env_root = tmp_path / "mlruns"
     from helpers import free_port
 
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HPO_ROOT": str(env_root), "HPO_OUTAGE_BUDGET_S": "3",
-           "HPO_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
-    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT"):
-        env.pop(key, None)  # hpo sizes them from its budget
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "smoke", "h1", "--smoke"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = _hpo("run", "smoke", "h1", "--smoke", root=tmp_path / "mlruns", HPO_OUTAGE_BUDGET_S="3",
+                HPO_MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     assert "stopped: the MLflow server stayed unreachable for the whole outage budget (3 s)" in out, out
@@ -81,10 +70,12 @@ def test_an_mlflow_server_down_past_the_budget_stops_the_run_with_one_line_and_n
     assert "Retry 1/2" not in out and "Traceback" not in out, out  # before: two Prefect retries of the whole budget, 1,182 lines
 
 
-def _hpo(*args: str, root: Path) -> subprocess.CompletedProcess:
+def _hpo(*args: str, root: Path, **env_vars: str) -> subprocess.CompletedProcess:
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HPO_ROOT": str(root)}
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HPO_ROOT": str(root), **env_vars}
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT"):
+        env.pop(key, None)  # hpo sizes them from its own outage budget
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -108,13 +99,11 @@ def test_bad_data_is_exit_2_before_any_store(tmp_path: Path, prefect_harness):
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_an_optuna_database_down_past_the_budget_before_any_flow_is_one_line_too(tmp_path: Path):
+def test_an_optuna_database_down_past_the_budget_before_any_flow_is_one_line_too(tmp_path: Path, prefect_harness):
     from helpers import free_port
 
-    env = {**os.environ, "HPO_ROOT": str(tmp_path / "mlruns"), "HPO_OUTAGE_BUDGET_S": "3"}
     storage = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing"
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "smoke", "h1", "--smoke", "--storage", storage], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = _hpo("run", "smoke", "h1", "--smoke", "--storage", storage, root=tmp_path / "mlruns", HPO_OUTAGE_BUDGET_S="3")
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     assert "waiting for the Optuna storage (0 s)" in out and "stopped: the Optuna storage unreachable" in out, out
